@@ -1,0 +1,205 @@
+"""The model bundle: one self-contained directory that is everything needed to caption.
+
+Layout::
+
+    BUNDLE/
+      model.keras             Keras archive: architecture + every weight (backbone too)
+      vocabulary.json         words and max caption length
+      captioner_config.json   preprocessing, encoder, decoder and generation settings
+      manifest.json           sha256 of every file above, and the model id
+
+The model id is a sha256 over the file hashes, so two bundles with the same
+content share an id. Loading verifies every hash, refuses any class that is not
+Keras' own or ours, and deserialises with ``safe_mode=True``. Nothing is fetched
+from the network at load time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from captioning.config import CaptionerConfig, captioner_config_from_dict, to_json
+from captioning.errors import BundleError
+from captioning.text.vocabulary import Vocabulary
+
+BUNDLE_FORMAT = "captioning-bundle/1"
+MODEL_FILE = "model.keras"
+VOCABULARY_FILE = "vocabulary.json"
+CONFIG_FILE = "captioner_config.json"
+MANIFEST_FILE = "manifest.json"
+CONTENT_FILES = (MODEL_FILE, VOCABULARY_FILE, CONFIG_FILE)
+
+# Class names a bundle may contain: Keras' own modules and our registered package.
+_ALLOWED_MODULE_PREFIXES = ("keras.",)
+_ALLOWED_REGISTERED_PREFIX = "captioning>"
+
+
+@dataclass
+class LoadedBundle:
+    """A verified bundle, loaded and ready to caption."""
+
+    captioner: Any  # captioning.models.captioner.Captioner
+    vocabulary: Vocabulary
+    config: CaptionerConfig
+    model_id: str
+    path: str
+    precision: str
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _model_id(file_hashes: dict[str, str]) -> str:
+    joined = "".join(f"{name}:{file_hashes[name]}\n" for name in sorted(file_hashes))
+    return "sha256-" + hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+
+def save_bundle(captioner, vocabulary: Vocabulary, config: CaptionerConfig, out_dir: str) -> str:
+    """Write a bundle to ``out_dir`` (local or gs://) and return its model id."""
+    if str(out_dir).startswith("gs://"):
+        with tempfile.TemporaryDirectory() as local:
+            model_id = save_bundle(captioner, vocabulary, config, local)
+            _copy_tree(local, str(out_dir))
+            return model_id
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    captioner.save(out / MODEL_FILE)
+    (out / VOCABULARY_FILE).write_text(vocabulary.to_json())
+    (out / CONFIG_FILE).write_text(to_json(config))
+    hashes = {name: _sha256(out / name) for name in CONTENT_FILES}
+    model_id = _model_id(hashes)
+    manifest = {"format": BUNDLE_FORMAT, "model_id": model_id, "files": hashes}
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return model_id
+
+
+def verify_bundle(path: str) -> str:
+    """Check every file against the manifest; return the model id or raise BundleError."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"model bundle {path} does not exist or is not a directory")
+    try:
+        manifest = json.loads((root / MANIFEST_FILE).read_text())
+        recorded = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BundleError(f"model bundle {path} has no readable {MANIFEST_FILE}") from None
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"model bundle {path} has unknown format {manifest.get('format')!r}")
+    if set(recorded) != set(CONTENT_FILES):
+        raise BundleError(f"model bundle {path} manifest lists {sorted(recorded)}")
+    for name in CONTENT_FILES:
+        file = root / name
+        if not file.is_file():
+            raise BundleError(f"model bundle {path} is missing {name}")
+        if _sha256(file) != recorded[name]:
+            raise BundleError(
+                f"model bundle {path} failed its integrity check: {name} was modified"
+            )
+    model_id = _model_id(recorded)
+    if manifest.get("model_id") != model_id:
+        raise BundleError(f"model bundle {path} failed its integrity check: model id mismatch")
+    return model_id
+
+
+def _classes_in(config: Any) -> list[tuple[str | None, str | None, str | None]]:
+    """Every (module, class_name, registered_name) in a serialised Keras config."""
+    found = []
+    if isinstance(config, dict):
+        if "class_name" in config:
+            found.append(
+                (config.get("module"), config.get("class_name"), config.get("registered_name"))
+            )
+        for value in config.values():
+            found.extend(_classes_in(value))
+    elif isinstance(config, list):
+        for value in config:
+            found.extend(_classes_in(value))
+    return found
+
+
+def check_model_archive(model_file: Path) -> None:
+    """Refuse a .keras archive holding classes that are neither Keras' nor ours."""
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        raise BundleError(f"{model_file} is not a readable Keras archive") from None
+    if config.get("registered_name") != "captioning>Captioner":
+        raise BundleError(f"{model_file} does not hold a captioning Captioner")
+    for module, class_name, registered in _classes_in(config):
+        if class_name == "Lambda" or class_name == "__lambda__":
+            raise BundleError(f"{model_file} holds an unsafe Lambda layer; refusing to load it")
+        if registered and registered.startswith(_ALLOWED_REGISTERED_PREFIX):
+            continue
+        if module is None or module.startswith(_ALLOWED_MODULE_PREFIXES) or module == "builtins":
+            continue
+        raise BundleError(
+            f"{model_file} holds class {class_name} from module {module}; refusing to load it"
+        )
+
+
+def load_bundle(path: str, precision: str = "float32") -> LoadedBundle:
+    """Verify and load a bundle (local or gs://) under a precision policy."""
+    if str(path).startswith("gs://"):
+        local = tempfile.mkdtemp(prefix="captioning-bundle-")
+        _copy_tree(str(path), local)
+        loaded = load_bundle(local, precision)
+        loaded.path = str(path)
+        return loaded
+    import keras
+
+    import captioning.models  # noqa: F401 - registers our serializable classes
+    from captioning.models.captioner import Captioner
+    from captioning.precision import dtype_policy, resolve_precision
+
+    model_id = verify_bundle(path)
+    root = Path(path)
+    check_model_archive(root / MODEL_FILE)
+    try:
+        vocabulary = Vocabulary.from_json((root / VOCABULARY_FILE).read_text())
+        config = captioner_config_from_dict(json.loads((root / CONFIG_FILE).read_text()))
+    except (ValueError, KeyError, TypeError) as error:
+        raise BundleError(f"model bundle {path} has an invalid config: {error}") from None
+    policy = resolve_precision(precision)
+    try:
+        with dtype_policy(policy):
+            model = keras.saving.load_model(root / MODEL_FILE, safe_mode=True, compile=False)
+    except Exception as error:
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise BundleError(f"model bundle {path} could not be loaded: {first_line}") from None
+    if not isinstance(model, Captioner):
+        raise BundleError(f"model bundle {path} does not hold a Captioner")
+    return LoadedBundle(model, vocabulary, config, model_id, str(path), policy)
+
+
+def _copy_tree(source: str, destination: str) -> None:
+    """Copy a flat bundle directory between local disk and gs:// with tf.io.gfile."""
+    import tensorflow as tf
+
+    if not source.startswith("gs://"):
+        for file in Path(source).iterdir():
+            tf.io.gfile.makedirs(destination)
+            tf.io.gfile.copy(str(file), f"{destination.rstrip('/')}/{file.name}", overwrite=True)
+        return
+    Path(destination).mkdir(parents=True, exist_ok=True)
+    for name in tf.io.gfile.listdir(source):
+        remote = f"{source.rstrip('/')}/{name}"
+        with (
+            tf.io.gfile.GFile(remote, "rb") as reader,
+            open(Path(destination) / name, "wb") as writer,
+        ):
+            shutil.copyfileobj(reader, writer)

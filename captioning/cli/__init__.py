@@ -1,0 +1,1 @@
+"""The ``captioning`` command line: one console script, one module per subcommand."""

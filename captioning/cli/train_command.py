@@ -1,0 +1,164 @@
+"""``captioning train``: train a captioner and export a model bundle."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("captioning.train")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a captioner and export a model bundle",
+        description="Train InceptionV3 + attention-GRU on captioned images under a "
+        "tf.distribute strategy, with checkpoints (a rerun of the same command resumes), "
+        "TensorBoard logs and early stopping, then write a self-contained bundle.",
+    )
+    parser.add_argument(
+        "--captions",
+        required=True,
+        help="captions file (COCO/Karpathy JSON, Flickr8k token file, or CSV with image,caption)",
+    )
+    parser.add_argument("--images", required=True, help="directory holding the images")
+    parser.add_argument("--out", required=True, help="bundle directory to write")
+    parser.add_argument(
+        "--format",
+        choices=("coco", "karpathy", "flickr8k", "csv"),
+        help="caption format (inferred from the file when omitted)",
+    )
+    parser.add_argument(
+        "--preset",
+        default="production",
+        choices=("production", "demo", "tiny"),
+        help="settings preset: production (299 px, ImageNet backbone, frozen), "
+        "demo (offline, backbone from scratch, small images), tiny (tests)",
+    )
+    parser.add_argument("--epochs", type=int, help="number of epochs")
+    parser.add_argument("--image-size", type=int, help="square input size in pixels (>= 75)")
+    parser.add_argument("--batch-size", type=int, help="batch size per replica")
+    parser.add_argument("--learning-rate", type=float, help="Adam learning rate")
+    parser.add_argument(
+        "--backbone-weights", help="imagenet | none | PATH of a local InceptionV3 weights file"
+    )
+    parser.add_argument(
+        "--trainable-backbone",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the backbone too (else its features are cached)",
+    )
+    parser.add_argument(
+        "--normalization",
+        choices=("inception", "dataset"),
+        help="InceptionV3 preprocess_input, or mean/std of the training images",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        help="dtype policy (auto: bf16 where the hardware has it)",
+    )
+    parser.add_argument(
+        "--strategy",
+        default="auto",
+        choices=("auto", "mirrored", "multiworker", "one"),
+        help="tf.distribute strategy (auto: MultiWorker with TF_CONFIG, "
+        "else Mirrored over all GPUs or CPU devices)",
+    )
+    parser.add_argument(
+        "--cpu-replicas",
+        type=int,
+        default=1,
+        help="split the CPU into N logical devices (N replicas without a GPU)",
+    )
+    parser.add_argument(
+        "--run-dir", help="checkpoints, TensorBoard logs and the resolved config (default: OUT.run)"
+    )
+    parser.add_argument(
+        "--feature-cache",
+        help="directory for cached backbone features (default: RUN_DIR/feature_cache)",
+    )
+    parser.add_argument("--seed", type=int, help="seed for the train/val split and shuffling")
+    parser.set_defaults(run=run)
+
+
+def resolve_config(args: argparse.Namespace):
+    """The preset with every flag the user gave applied on top."""
+    from captioning.errors import UserError
+    from captioning.presets import get_preset
+
+    config = get_preset(args.preset)
+    captioner = config.captioner
+    if args.image_size is not None:
+        if args.image_size < 75:
+            raise UserError("--image-size must be at least 75 (InceptionV3's minimum)")
+        captioner = dataclasses.replace(
+            captioner, image=dataclasses.replace(captioner.image, image_size=args.image_size)
+        )
+    if args.normalization is not None:
+        captioner = dataclasses.replace(
+            captioner, image=dataclasses.replace(captioner.image, normalization=args.normalization)
+        )
+    encoder = captioner.encoder
+    if args.backbone_weights is not None:
+        weights = args.backbone_weights
+        if weights.lower() == "none":
+            weights = None
+        elif weights != "imagenet":
+            if not Path(weights).is_file():
+                raise UserError(f"--backbone-weights file {weights} does not exist")
+            weights = str(Path(weights).resolve())
+        encoder = dataclasses.replace(encoder, backbone_weights=weights)
+    if args.trainable_backbone is not None:
+        encoder = dataclasses.replace(encoder, trainable=args.trainable_backbone)
+    captioner = dataclasses.replace(captioner, encoder=encoder)
+    overrides = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "precision": args.precision,
+        "seed": args.seed,
+    }
+    for name in ("epochs", "batch_size"):
+        if overrides[name] is not None and overrides[name] < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return dataclasses.replace(config, captioner=captioner, **given)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    from captioning.training.strategy import split_cpu
+
+    split_cpu(args.cpu_replicas)
+    from captioning.training.trainer import train
+
+    result = train(
+        args.captions,
+        args.images,
+        args.out,
+        config,
+        format=args.format,
+        strategy_kind=args.strategy,
+        run_dir=args.run_dir,
+        feature_cache_dir=args.feature_cache,
+    )
+    print(
+        json.dumps(
+            {
+                "bundle": result.bundle,
+                "model_id": result.model_id,
+                "epochs_run": result.epochs_run,
+                "resumed_from": result.resumed_from,
+                "seconds": round(result.seconds, 1),
+                "final_loss": result.history.get("loss", [None])[-1],
+                "final_val_loss": result.history.get("val_loss", [None])[-1],
+            }
+        ),
+        file=sys.stdout,
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""Captioned-dataset readers and the synthetic scene generator."""

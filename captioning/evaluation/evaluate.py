@@ -1,0 +1,56 @@
+"""Scoring a bundle on a captioned image set."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from captioning.bundle import load_bundle
+from captioning.data.formats import read_captions
+from captioning.errors import UserError
+from captioning.evaluation.metrics import caption_metrics, exact_match_rate
+from captioning.inference import caption_files
+
+log = logging.getLogger("captioning.evaluate")
+
+
+def evaluate_bundle(
+    model: str,
+    captions: str,
+    images: str,
+    format: str | None = None,
+    split: str = "auto",
+    beam_width: int | None = None,
+    batch_size: int = 32,
+    precision: str = "float32",
+    limit: int | None = None,
+) -> dict:
+    """Metrics plus ``exact_match`` (share of captions equal to a reference)."""
+    data = read_captions(captions, images, format)
+    log.info(data.report.summary())
+    if split == "auto":
+        split = "test" if data.split("test") else "all"
+    references = data.captions_by_image(None if split == "all" else split)
+    if not references:
+        raise UserError(f"no images in split {split!r} of {captions}")
+    names = list(references)[:limit] if limit else list(references)
+    bundle = load_bundle(model, precision=precision)
+    hypotheses: dict[str, str] = {}
+    failed = 0
+    for index, result in enumerate(
+        caption_files(bundle, [str(Path(images) / n) for n in names], batch_size, beam_width)
+    ):
+        if result.error:
+            failed += 1
+            log.warning("cannot caption %s: %s", names[index], result.error)
+            continue
+        hypotheses[names[index]] = result.caption
+        if (index + 1) % 500 == 0:
+            log.info("captioned %d/%d images", index + 1, len(names))
+    if not hypotheses:
+        raise UserError("no image could be captioned")
+    metrics = caption_metrics(references, hypotheses)
+    metrics["exact_match"] = exact_match_rate(references, hypotheses)
+    metrics["failed"] = failed
+    metrics["model_id"] = bundle.model_id
+    return metrics

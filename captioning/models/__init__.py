@@ -1,0 +1,1 @@
+"""Keras model code: encoder, attention decoder, captioner, and caption search."""

@@ -1,0 +1,177 @@
+"""Batched, in-graph caption search: greedy and beam search.
+
+Both run as one ``tf.while_loop`` over time for the whole batch (no per-image or
+per-step Python), so they trace once into a ``tf.function`` and can be XLA
+compiled. ``step_fn(tokens [N], hidden [N, H]) -> (logits [N, V], hidden, attention [N, L])``
+is the decoder with its image features already bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+StepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
+
+_NEG_INF = -1e9
+
+
+@dataclass
+class SearchResult:
+    """Beams sorted best first.
+
+    tokens [B, K, T] (without <start>, <end> included, then <pad>), scores [B, K]
+    (length-normalised log-probability), lengths [B, K] (tokens counted in the score,
+    <end> included), attention [B, K, T, L].
+    """
+
+    tokens: tf.Tensor
+    scores: tf.Tensor
+    lengths: tf.Tensor
+    attention: tf.Tensor
+
+
+def greedy_search(
+    step_fn: StepFn,
+    hidden: tf.Tensor,
+    grid_size: int,
+    max_length: int,
+    start_id: int,
+    end_id: int,
+    pad_id: int = 0,
+) -> SearchResult:
+    """The most likely word at every step; stops when every caption has ended."""
+    batch = tf.shape(hidden)[0]
+    tokens = tf.fill([batch], tf.cast(start_id, tf.int32))
+    finished = tf.zeros([batch], tf.bool)
+    log_prob = tf.zeros([batch], tf.float32)
+    lengths = tf.zeros([batch], tf.int32)
+    words = tf.TensorArray(tf.int32, size=max_length, element_shape=[None])
+    attention = tf.TensorArray(tf.float32, size=max_length, element_shape=[None, grid_size])
+
+    def body(t, tokens, hidden, finished, log_prob, lengths, words, attention):
+        logits, hidden, weights = step_fn(tokens, hidden)
+        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+        best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        best_log_prob = tf.reduce_max(log_probs, axis=-1)
+        word = tf.where(finished, pad_id, best)
+        log_prob += tf.where(finished, 0.0, best_log_prob)
+        lengths += tf.cast(~finished, tf.int32)
+        words = words.write(t, word)
+        attention = attention.write(t, tf.cast(weights, tf.float32))
+        finished |= tf.equal(word, end_id)
+        return t + 1, word, hidden, finished, log_prob, lengths, words, attention
+
+    def cond(t, tokens, hidden, finished, *_):
+        return tf.logical_and(t < max_length, ~tf.reduce_all(finished))
+
+    t, _, _, _, log_prob, lengths, words, attention = tf.while_loop(
+        cond,
+        body,
+        (tf.constant(0), tokens, hidden, finished, log_prob, lengths, words, attention),
+        maximum_iterations=max_length,
+    )
+    steps = t
+    words = _pad_time(tf.transpose(words.stack()[:steps]), max_length, pad_id)  # [B, T]
+    weights = _pad_time(tf.transpose(attention.stack()[:steps], [1, 0, 2]), max_length, 0.0)
+    scores = log_prob / tf.cast(tf.maximum(lengths, 1), tf.float32)
+    return SearchResult(
+        tokens=words[:, None, :],
+        scores=scores[:, None],
+        lengths=lengths[:, None],
+        attention=weights[:, None],
+    )
+
+
+def beam_search(
+    step_fn: StepFn,
+    hidden: tf.Tensor,
+    grid_size: int,
+    max_length: int,
+    start_id: int,
+    end_id: int,
+    beam_width: int,
+    length_penalty: float = 1.0,
+    pad_id: int = 0,
+) -> SearchResult:
+    """Beam search over ``hidden`` already tiled to [B * K, H] (beam-major within each image).
+
+    Beams that emit <end> stay in the beam with a frozen score; at the end beams are
+    ranked by ``log_prob / length ** length_penalty``.
+    """
+    k = beam_width
+    batch = tf.shape(hidden)[0] // k
+    tokens = tf.fill([batch * k], tf.cast(start_id, tf.int32))
+    # Only the first beam is live at t=0, so the K beams do not start as K copies.
+    scores = tf.tile(tf.constant([[0.0] + [_NEG_INF] * (k - 1)]), [batch, 1])
+    finished = tf.zeros([batch, k], tf.bool)
+    lengths = tf.zeros([batch, k], tf.int32)
+    words = tf.zeros([batch, k, 0], tf.int32)
+    attention = tf.zeros([batch, k, 0, grid_size], tf.float32)
+
+    def body(t, tokens, hidden, scores, finished, lengths, words, attention):
+        logits, hidden, weights = step_fn(tokens, hidden)
+        vocab = tf.shape(logits)[-1]
+        log_probs = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)), [batch, k, -1])
+        # A finished beam may only continue with <pad>, at no cost.
+        pad_only = tf.one_hot(pad_id, vocab, on_value=0.0, off_value=_NEG_INF)
+        log_probs = tf.where(finished[..., None], pad_only[None, None, :], log_probs)
+        candidates = tf.reshape(scores[..., None] + log_probs, [batch, -1])
+        scores, flat_index = tf.math.top_k(candidates, k=k)
+        parent = flat_index // vocab
+        word = flat_index % vocab
+
+        finished = tf.gather(finished, parent, batch_dims=1)
+        lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(~finished, tf.int32)
+        words = tf.concat([tf.gather(words, parent, batch_dims=1), word[..., None]], axis=2)
+        weights = tf.reshape(tf.cast(weights, tf.float32), [batch, k, 1, grid_size])
+        attention = tf.concat(
+            [tf.gather(attention, parent, batch_dims=1), tf.gather(weights, parent, batch_dims=1)],
+            axis=2,
+        )
+        hidden = tf.reshape(
+            tf.gather(tf.reshape(hidden, [batch, k, -1]), parent, batch_dims=1), [batch * k, -1]
+        )
+        finished |= tf.equal(word, end_id)
+        return t + 1, tf.reshape(word, [-1]), hidden, scores, finished, lengths, words, attention
+
+    def cond(t, tokens, hidden, scores, finished, *_):
+        return tf.logical_and(t < max_length, ~tf.reduce_all(finished))
+
+    _, _, _, scores, _, lengths, words, attention = tf.while_loop(
+        cond,
+        body,
+        (tf.constant(0), tokens, hidden, scores, finished, lengths, words, attention),
+        shape_invariants=(
+            tf.TensorShape([]),
+            tf.TensorShape([None]),
+            tf.TensorShape([None, None]),
+            tf.TensorShape([None, k]),
+            tf.TensorShape([None, k]),
+            tf.TensorShape([None, k]),
+            tf.TensorShape([None, k, None]),
+            tf.TensorShape([None, k, None, grid_size]),
+        ),
+        maximum_iterations=max_length,
+    )
+    normalised = scores / tf.pow(tf.cast(tf.maximum(lengths, 1), tf.float32), length_penalty)
+    order = tf.argsort(normalised, axis=-1, direction="DESCENDING", stable=True)
+    return SearchResult(
+        tokens=_pad_time(tf.gather(words, order, batch_dims=1), max_length, pad_id, axis=2),
+        scores=tf.gather(normalised, order, batch_dims=1),
+        lengths=tf.gather(lengths, order, batch_dims=1),
+        attention=_pad_time(tf.gather(attention, order, batch_dims=1), max_length, 0.0, axis=2),
+    )
+
+
+def _pad_time(values: tf.Tensor, max_length: int, fill, axis: int = 1) -> tf.Tensor:
+    """Pad the time axis to ``max_length`` so results have one static shape."""
+    missing = max_length - tf.shape(values)[axis]
+    paddings = [[0, 0]] * len(values.shape)
+    paddings[axis] = [0, missing]
+    padded = tf.pad(values, paddings, constant_values=tf.cast(fill, values.dtype))
+    shape = list(values.shape)
+    shape[axis] = max_length
+    return tf.ensure_shape(padded, shape)

@@ -1,0 +1,51 @@
+"""Numeric precision policies: float32, mixed bfloat16, mixed float16.
+
+``auto`` picks bf16 where the hardware runs it natively (CPUs with AMX or
+AVX512-BF16, NVIDIA GPUs from Ampere on), fp16 on older GPUs, else float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+
+POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+CHOICES = ("auto", *POLICIES)
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(name: str) -> str:
+    """Map a user choice (including ``auto``) to a Keras dtype policy name."""
+    if name in POLICIES:
+        return name
+    if name != "auto":
+        raise ValueError(f"unknown precision {name!r}; choose from {', '.join(CHOICES)}")
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        major, _ = details.get("compute_capability", (0, 0))
+        return "mixed_bfloat16" if major >= 8 else "mixed_float16"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under a dtype policy without leaking it to the rest of the process."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(resolve_precision(name))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

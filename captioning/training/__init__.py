@@ -1,0 +1,1 @@
+"""The training job: tf.data input, feature cache, distribution strategy, and the fit loop."""

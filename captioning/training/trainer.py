@@ -1,0 +1,238 @@
+"""``captioning train``: captions + images in, a model bundle out.
+
+The model and optimizer are built inside ``strategy.scope()``; the global batch
+is the per-replica batch times the replica count; Keras scales the loss by the
+replica count, so one replica and N replicas on the same global batch take the
+same step. Checkpoints (``BackupAndRestore``) make a killed run resume at the
+epoch where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from captioning.bundle import save_bundle
+from captioning.config import CaptionerConfig, TrainConfig, to_json
+from captioning.data.formats import read_captions
+from captioning.data.records import CaptionSet
+from captioning.errors import UserError
+from captioning.models.captioner import Captioner
+from captioning.precision import dtype_policy, resolve_precision
+from captioning.text.vocabulary import Vocabulary
+from captioning.training import input_pipeline
+from captioning.training.example_cache import build_cache
+from captioning.training.progress import ProgressLogger
+from captioning.training.strategy import make_strategy
+
+log = logging.getLogger("captioning.train")
+
+
+@dataclass
+class TrainResult:
+    bundle: str
+    model_id: str
+    history: dict[str, list[float]]
+    epochs_run: int
+    resumed_from: dict | None
+    seconds: float
+
+
+def build_captioner(
+    config: CaptionerConfig, vocabulary: Vocabulary, load_backbone_weights: bool = True
+) -> Captioner:
+    return Captioner.from_captioner_config(
+        config,
+        vocabulary_size=vocabulary.size,
+        max_length=vocabulary.max_length,
+        start_id=vocabulary.start_id,
+        end_id=vocabulary.end_id,
+        load_backbone_weights=load_backbone_weights,
+    )
+
+
+def compile_captioner(model: Captioner, config: TrainConfig) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
+        # Mean over real (non-padding) tokens: the mask arrives as sample weights.
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight"
+        ),
+        steps_per_execution=config.steps_per_execution,
+    )
+
+
+def _dataset_statistics(dataset: tf.data.Dataset) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the (decoded, resized) training images, in pixel units."""
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    count = 0
+    for _, image in dataset.as_numpy_iterator():
+        pixels = image.reshape(-1, 3).astype(np.float64)
+        total += pixels.sum(0)
+        squares += (pixels**2).sum(0)
+        count += len(pixels)
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 1e-6))
+    return mean.tolist(), std.tolist()
+
+
+def _require_splits(data: CaptionSet) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    train = data.captions_by_image("train")
+    val = data.captions_by_image("val")
+    if not train:
+        raise UserError(f"no usable training captions in {data.report.source}")
+    if not val:
+        raise UserError(f"no validation images in {data.report.source}; need at least one")
+    return train, val
+
+
+def train(
+    captions: str,
+    images: str,
+    out: str,
+    config: TrainConfig,
+    format: str | None = None,
+    strategy_kind: str = "auto",
+    run_dir: str | None = None,
+    feature_cache_dir: str | None = None,
+) -> TrainResult:
+    started = time.monotonic()
+    run = Path(run_dir or f"{out.rstrip('/')}.run")
+    run.mkdir(parents=True, exist_ok=True)
+    data = read_captions(
+        captions, images, format, seed=config.seed, val_fraction=config.val_fraction
+    )
+    log.info(data.report.summary())
+    train_captions, val_captions = _require_splits(data)
+    vocabulary = Vocabulary.build(
+        [c for caps in train_captions.values() for c in caps],
+        config.vocabulary_size,
+        config.max_caption_words,
+    )
+    log.info(
+        "%d training images, %d validation images, vocabulary %d words, max length %d",
+        len(train_captions),
+        len(val_captions),
+        vocabulary.size,
+        vocabulary.max_length,
+    )
+    strategy = make_strategy(strategy_kind)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
+    precision = resolve_precision(config.precision)
+    log.info(
+        "strategy %s: %d replica(s), precision %s", type(strategy).__name__, replicas, precision
+    )
+
+    image_dir = Path(images)
+    frozen = not config.captioner.encoder.trainable
+    cache_root = Path(feature_cache_dir or run / "cache")
+    train_names, val_names = list(train_captions), list(val_captions)
+    if config.captioner.image.normalization == "dataset" and config.captioner.image.mean is None:
+        pixels = build_cache("pixels", image_dir, train_names, config.captioner, cache_root)
+        mean, std = _dataset_statistics(pixels.dataset())
+        image = dataclasses.replace(config.captioner.image, mean=tuple(mean), std=tuple(std))
+        config = dataclasses.replace(
+            config, captioner=dataclasses.replace(config.captioner, image=image)
+        )
+        log.info("dataset normalisation: mean %s std %s", np.round(mean, 1), np.round(std, 1))
+    (run / "train_config.json").write_text(to_json(config))
+    (run / "vocabulary.json").write_text(vocabulary.to_json())
+
+    with dtype_policy(precision), strategy.scope():
+        model = build_captioner(config.captioner, vocabulary)
+        compile_captioner(model, config)
+
+    kind = "features" if frozen else "pixels"
+    encode = (
+        (lambda batch: model.encoder.backbone_features(batch, training=False)) if frozen else None
+    )
+    datasets = []
+    for names, captions_by_image, training in (
+        (train_names, train_captions, True),
+        (val_names, val_captions, False),
+    ):
+        cache = build_cache(kind, image_dir, names, config.captioner, cache_root, encode)
+        tokens, counts = input_pipeline.encode_captions(captions_by_image, cache.images, vocabulary)
+        datasets.append(
+            input_pipeline.caption_batches(
+                cache.dataset(),
+                tokens,
+                counts,
+                global_batch,
+                training,
+                inputs_key="features" if frozen else "images",
+                augment_config=config.augment,
+                vocabulary=vocabulary,
+                in_memory=config.image_cache == "memory",
+                seed=config.seed,
+            )
+        )
+        if training:
+            train_size = len(cache.images)
+    train_ds, val_ds = datasets
+    if train_size < global_batch:
+        raise UserError(
+            f"{train_size} training images is fewer than one global batch of {global_batch}; "
+            "lower --batch-size"
+        )
+    steps_per_epoch = train_size // global_batch
+
+    progress = ProgressLogger(config.epochs, steps_per_epoch, global_batch, run)
+    callbacks = [
+        # The per-epoch checkpoint: weights, optimizer state and epoch. First, so it is
+        # restored before anything else looks. Kept after the run, so rerunning a
+        # finished command only re-exports the bundle instead of training again.
+        keras.callbacks.BackupAndRestore(str(run / "checkpoint"), delete_checkpoint=False),
+        keras.callbacks.TensorBoard(str(run / "tensorboard"), update_freq=50),
+        progress,
+    ]
+    if config.early_stopping_patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=config.early_stopping_patience,
+                restore_best_weights=True,
+                verbose=0,
+            )
+        )
+    with warnings.catch_warnings():
+        # Keras cannot know the length of a streamed dataset and says so every epoch.
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=False,
+        )
+    model_id = save_bundle(model, vocabulary, config.captioner, out)
+    summary = {
+        "bundle": out,
+        "model_id": model_id,
+        "epochs_run": len(history.epoch),
+        "resumed_from": progress.resumed_from,
+        "history": history.history,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    (run / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    log.info("wrote bundle %s (model id %s)", out, model_id)
+    return TrainResult(
+        out,
+        model_id,
+        {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        len(history.epoch),
+        progress.resumed_from,
+        time.monotonic() - started,
+    )

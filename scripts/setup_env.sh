@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv (if missing) and installs the project with its test extras into it.
+# Sourced by the demo and test scripts, so a fresh machine needs nothing else.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${CAPTIONING_VENV:-$ROOT/.venv}"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import captioning, pytest" 2>/dev/null; then
+  echo "setting up $VENV (tensorflow-cpu, apache-beam, keras, ...; about 1-2 minutes)" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet -e "$ROOT[dev]"
+fi
+export PATH="$VENV/bin:$PATH"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

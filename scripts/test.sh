@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs the project into .venv if needed, lints, then runs every test.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -m "not slow" -x`).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+ruff check captioning pipelines tests benchmarks
+ruff format --check captioning pipelines tests benchmarks
+python -m pytest -p no:cacheprovider --durations=15 "$@"
