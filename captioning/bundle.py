@@ -160,7 +160,7 @@ def load_bundle(path: str, precision: str = "float32") -> LoadedBundle:
         return loaded
     import keras
 
-    import captioning.models  # noqa: F401 - registers our serializable classes
+    # Importing the Captioner registers every serializable class of ours with Keras.
     from captioning.models.captioner import Captioner
     from captioning.precision import dtype_policy, resolve_precision
 
@@ -176,7 +176,7 @@ def load_bundle(path: str, precision: str = "float32") -> LoadedBundle:
     try:
         with dtype_policy(policy):
             model = keras.saving.load_model(root / MODEL_FILE, safe_mode=True, compile=False)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - any failure means "cannot use this bundle"
         first_line = (
             str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         )

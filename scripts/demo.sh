@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The offline demo, end to end: synthetic scenes -> train (demo preset) -> evaluate on
-# fresh scenes -> caption a few. About 15 minutes on 2 CPU cores. Output in ./demo/.
+# fresh scenes -> caption a fresh folder with the Beam pipeline. About 15 minutes on
+# 2 CPU cores. Output in ./demo/ (or the directory given as $1).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
@@ -8,19 +9,31 @@ OUT="${1:-$ROOT/demo}"
 mkdir -p "$OUT"
 step() { printf '\n== %s\n' "$*" >&2; }
 
-step "1/4 synthetic training scenes (3000, seed 1)"
+step "1/5 synthetic training scenes (3000, seed 1)"
 captioning synth --out "$OUT/train_scenes" --count 3000 --seed 1
 
-step "2/4 train with --preset demo (backbone from scratch, 112 px)"
+step "2/5 train with --preset demo (backbone from scratch, 112 px)"
 time captioning train --captions "$OUT/train_scenes/captions.csv" \
   --images "$OUT/train_scenes/images" --out "$OUT/bundle" --preset demo
 
-step "3/4 evaluate on 300 fresh scenes (seed 2)"
+step "3/5 evaluate on 300 fresh scenes (seed 2)"
 captioning synth --out "$OUT/test_scenes" --count 300 --seed 2
 captioning evaluate --model "$OUT/bundle" --captions "$OUT/test_scenes/captions.csv" \
   --images "$OUT/test_scenes/images" | tee "$OUT/metrics.txt"
 
-step "4/4 a few captions next to their references"
+step "4/5 a few captions next to their references"
 ls "$OUT"/test_scenes/images/*.png | head -5 | xargs captioning predict --model "$OUT/bundle"
 echo "references:" >&2
 sed -n '2,6p' "$OUT/test_scenes/captions.csv"
+
+step "5/5 the caption pipeline (Beam, DirectRunner) over a fresh folder of 100 scenes"
+captioning synth --out "$OUT/archive" --count 100 --seed 3
+printf 'not an image' > "$OUT/archive/images/broken.png"
+captioning caption --input "$OUT/archive/images/*.png" --output "$OUT/captions/run" \
+  --model "$OUT/bundle"
+python - "$OUT/captions/run" <<'PY'
+import sys, duckdb
+prefix = sys.argv[1]
+print(duckdb.sql(f"SELECT regexp_extract(image_uri, '[^/]+$') AS image, caption, round(score, 3) AS score, width, height FROM '{prefix}-*.parquet' ORDER BY image LIMIT 5"))
+print(duckdb.sql(f"SELECT regexp_extract(image_uri, '[^/]+$') AS image, stage, error_type, message FROM '{prefix}_errors-*.parquet'"))
+PY

@@ -12,10 +12,16 @@ import os
 import sys
 from collections.abc import Sequence
 
-from captioning.cli import evaluate_command, predict_command, synth_command, train_command
+from captioning.cli import (
+    caption_command,
+    evaluate_command,
+    predict_command,
+    synth_command,
+    train_command,
+)
 from captioning.errors import UserError
 
-COMMANDS = (synth_command, train_command, predict_command, evaluate_command)
+COMMANDS = (synth_command, train_command, caption_command, predict_command, evaluate_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter hides the lines a user needs to read.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `caption` hands every flag it does not know to Beam (runner, project, ...).
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "passthrough", False):
+        args.beam_args = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

@@ -80,6 +80,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+)
+
+
+def _sniff_format(data: bytes) -> str | None:
+    """The format a file's magic bytes claim, to tell "corrupt PNG" from "not an image"."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
 # EXIF orientations 5-8 turn the picture on its side.
 _SIDEWAYS_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_ORIENTATION_TAG = 0x0112
@@ -89,7 +105,7 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
     width, height = image.size
     try:
         orientation = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
         orientation = 1
     return (height, width) if orientation in _SIDEWAYS_ORIENTATIONS else (width, height)
 
@@ -111,6 +127,9 @@ def open_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        claimed = _sniff_format(data)
+        if claimed:
+            raise CorruptImageError(f"{claimed} file with a corrupt header") from None
         head = data[:16].lstrip().lower()
         hint = " (looks like HTML)" if head.startswith((b"<!doc", b"<html")) else ""
         raise UnidentifiedImageFormatError(f"not a recognised image{hint}") from None

@@ -44,6 +44,7 @@ def left_right_swap_table(vocabulary: Vocabulary) -> np.ndarray:
 def augment(image, captions, config: AugmentConfig, swap_table: np.ndarray):
     """Random crop, brightness and flip of one uint8 image; a flip also mirrors the
     words "left" and "right" in its captions, so the pair stays true."""
+    image, captions = tf.convert_to_tensor(image), tf.convert_to_tensor(captions)
     size = image.shape[0]
     if config.crop_fraction < 1.0:
         side = tf.cast(tf.random.uniform([], config.crop_fraction, 1.0) * size, tf.int32)
@@ -83,7 +84,8 @@ def caption_batches(
     in_memory: bool = True,
     seed: int = 0,
 ) -> tf.data.Dataset:
-    """Batches for ``model.fit`` from (row, tensor) examples whose rows index ``tokens``."""
+    """Endless batches for ``model.fit`` from (row, tensor) examples whose rows index
+    ``tokens``; pass ``steps_per_epoch`` (and ``validation_steps``) to fit."""
     if in_memory:
         examples = examples.cache()
     if training:
@@ -107,4 +109,7 @@ def caption_batches(
 
     batches = examples.map(prepare, num_parallel_calls=AUTOTUNE)
     batches = batches.batch(batch_size, drop_remainder=training)
-    return batches.map(to_model_inputs(inputs_key), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    batches = batches.map(to_model_inputs(inputs_key), num_parallel_calls=AUTOTUNE)
+    # Endless, with epochs cut by steps_per_epoch: one iterator serves the whole run,
+    # instead of a new (distributed) iterator and a cold pipeline every epoch.
+    return batches.repeat().prefetch(AUTOTUNE)

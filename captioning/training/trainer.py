@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +60,16 @@ def build_captioner(
     )
 
 
-def compile_captioner(model: Captioner, config: TrainConfig) -> None:
+def compile_captioner(model: Captioner, config: TrainConfig, steps_per_epoch: int = 0) -> None:
+    learning_rate = config.learning_rate
+    if steps_per_epoch and config.epochs > 1:
+        # Cosine decay to 5% of the peak: the last epochs take small steps, which also
+        # lets a from-scratch backbone's batch-norm statistics settle before export.
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=config.epochs * steps_per_epoch, alpha=0.05
+        )
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
+        optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0),
         # Mean over real (non-padding) tokens: the mask arrives as sample weights.
         loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="mean_with_sample_weight"
@@ -151,7 +158,6 @@ def train(
 
     with dtype_policy(precision), strategy.scope():
         model = build_captioner(config.captioner, vocabulary)
-        compile_captioner(model, config)
 
     kind = "features" if frozen else "pixels"
     encode = (
@@ -180,6 +186,8 @@ def train(
         )
         if training:
             train_size = len(cache.images)
+        else:
+            validation_steps = math.ceil(len(cache.images) / global_batch)
     train_ds, val_ds = datasets
     if train_size < global_batch:
         raise UserError(
@@ -187,6 +195,8 @@ def train(
             "lower --batch-size"
         )
     steps_per_epoch = train_size // global_batch
+    with dtype_policy(precision), strategy.scope():
+        compile_captioner(model, config, steps_per_epoch)
 
     progress = ProgressLogger(config.epochs, steps_per_epoch, global_batch, run)
     callbacks = [
@@ -206,17 +216,16 @@ def train(
                 verbose=0,
             )
         )
-    with warnings.catch_warnings():
-        # Keras cannot know the length of a streamed dataset and says so every epoch.
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            callbacks=callbacks,
-            verbose=0,
-            shuffle=False,
-        )
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
+        callbacks=callbacks,
+        verbose=0,
+        shuffle=False,  # the dataset shuffles itself; this only silences Keras' warning
+    )
     model_id = save_bundle(model, vocabulary, config.captioner, out)
     summary = {
         "bundle": out,

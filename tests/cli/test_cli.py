@@ -10,7 +10,7 @@ import pytest
 from captioning.cli.main import main
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-COMMANDS = ["synth", "train", "predict", "evaluate"]
+COMMANDS = ["synth", "train", "caption", "predict", "evaluate"]
 
 
 def _run(*args, timeout=300):
@@ -44,6 +44,9 @@ def test_every_command_has_help(command, capsys):
             "does not exist",
         ),
         (["synth", "--out", "/tmp/x", "--count", "0"], "--count"),
+        (["caption", "--input", "/tmp/*.jpg", "--output", "/tmp/o"], "--model"),
+        (["caption", "--input", "/tmp/*.jpg", "--output", "/tmp/o", "--model", "/no/bundle"],
+         "not a readable model bundle"),
     ],
 )
 def test_user_mistakes_print_one_line_and_no_traceback(args, message):

@@ -5,8 +5,8 @@ import tensorflow as tf
 
 from captioning.models.caption_search import beam_search, greedy_search
 
-START, END, A, B, C = 1, 2, 3, 4, 5
-VOCAB = 6
+START, END, A, B, C, D, E = 1, 2, 3, 4, 5, 6, 7
+VOCAB = 8
 
 
 def _table_step(transitions):
@@ -65,19 +65,22 @@ def test_beam_width_one_equals_greedy():
     np.testing.assert_allclose(greedy.scores, beam.scores, rtol=1e-6)
 
 
-def test_length_penalty_zero_prefers_short_captions():
-    # With raw sums, the shorter caption wins; normalised by length, the longer one does.
+def test_length_penalty_decides_between_short_and_long_captions():
+    # "A END" has the higher total probability (0.33 vs 0.289); "C D E END" the higher
+    # mean per token. Raw sums (penalty 0) pick the first, the mean (penalty 1) the second.
     transitions = {
-        START: {A: 0.5, C: 0.5},
-        A: {END: 0.5, B: 0.5},
+        START: {A: 0.6, C: 0.4},
+        A: {END: 0.55, B: 0.45},
         B: {END: 1.0},
-        C: {B: 0.9, END: 0.1},
+        C: {D: 0.85, END: 0.15},
+        D: {E: 0.85, END: 0.15},
+        E: {END: 1.0},
     }
     step = _table_step(transitions)
-    raw = beam_search(step, tf.zeros([2, 1]), 4, 5, START, END, beam_width=2, length_penalty=0.0)
-    mean = beam_search(step, tf.zeros([2, 1]), 4, 5, START, END, beam_width=2, length_penalty=1.0)
+    raw = beam_search(step, tf.zeros([2, 1]), 4, 6, START, END, beam_width=2, length_penalty=0.0)
+    mean = beam_search(step, tf.zeros([2, 1]), 4, 6, START, END, beam_width=2, length_penalty=1.0)
     assert list(raw.tokens[0, 0, :2].numpy()) == [A, END]
-    assert list(mean.tokens[0, 0, :3].numpy()) == [C, B, END]
+    assert list(mean.tokens[0, 0, :4].numpy()) == [C, D, E, END]
 
 
 def test_search_stops_at_max_length_without_end():

@@ -1,0 +1,60 @@
+"""``captioning caption``: the Beam caption job over an image archive.
+
+The flags are the pipeline's own (``pipelines.options.CaptionOptions``) plus any
+Beam runner option (``--runner``, ``--project``, ``--region``,
+``--direct_num_workers``...), which pass through untouched. Beam is imported only
+when this command runs; the library itself never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = """\
+Caption every image matched by --input globs and/or listed in --input-manifest.
+Writes PREFIX-<run>-*.parquet (captions), PREFIX_errors-<run>-*.parquet (one row per
+input that could not be captioned) and PREFIX_summary.json.
+
+required:
+  --input GLOB            local or gs:// glob, '**' recurses (repeatable), and/or
+  --input-manifest FILE   text (one URI per line) or CSV/Parquet with an image_uri column
+  --output PREFIX         output prefix (local or gs://)
+  --model BUNDLE          model bundle directory (local or gs://)
+
+options:
+  --skip-existing         only caption URIs not already in PREFIX-*.parquet
+  --gpu                   GPU workers: shared model per GPU, auto precision, batches of 128
+  --beam-width K          beams per image (1 = greedy; default: the bundle's)
+  --min-batch-size N      (default 8)   --max-batch-size N (default 64; 128 with --gpu)
+  --precision P           auto | float32 | mixed_bfloat16 | mixed_float16
+  --decode-timeout S      seconds per image decode before it becomes an error (default 30)
+  --no-decode-isolation   decode in the worker process instead of a guarded subprocess
+  --dry_run --job-spec-out FILE   write the resolved job spec instead of running
+
+Beam options pass through, e.g. --runner DirectRunner (default) --direct_num_workers 2
+--direct_running_mode multi_processing, or --runner DataflowRunner --project P --region R
+--temp_location gs://... --sdk_container_image IMAGE.
+"""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "caption",
+        help="caption an image archive with the Beam pipeline (Parquet out)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="captioning caption --input GLOB | --input-manifest FILE --output PREFIX "
+        "--model BUNDLE [options] [Beam options]",
+    )
+    parser.set_defaults(run=run, passthrough=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.caption_pipeline import run as run_pipeline
+
+    summary = run_pipeline(args.beam_args)
+    json.dump(summary, sys.stdout, indent=2, default=str)
+    print()
+    return 0

@@ -1,0 +1,68 @@
+"""Turning failures from any stage into rows of the errors table, and counting them."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipelines.metrics import NAMESPACE
+
+_MESSAGE_LIMIT = 2000
+
+
+def error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, Any]:
+    return {
+        "image_uri": uri,
+        "stage": stage,
+        "error_type": error_type,
+        "message": message[:_MESSAGE_LIMIT] or error_type,
+        "failed_at": datetime.datetime.now(datetime.timezone.utc),
+    }
+
+
+def describe(exception_type: type, exception_repr: str) -> tuple[str, str]:
+    """Name and message for an exception from a dead-letter output.
+
+    Our decode errors carry a short ``error_type`` (e.g. "CorruptImage"); a decode
+    that timed out or killed its subprocess arrives as TimeoutError or BrokenProcessPool.
+    """
+    name = getattr(exception_type, "error_type", None) or exception_type.__name__
+    if name == "BrokenProcessPool":
+        return "DecoderCrashed", "the decoder process died while decoding this image"
+    if name == "TimeoutError":
+        return "DecodeTimeout", "decoding took longer than the time limit"
+    message = exception_repr
+    prefix = f"{exception_type.__name__}("
+    if message.startswith(prefix) and message.endswith(")"):
+        message = message[len(prefix) : -1].strip("'\"")
+    return name, message
+
+
+class DeadLettersToErrorRows(beam.DoFn):
+    """(element, (type, repr, traceback)) from ``with_exception_handling`` -> an error row."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def process(self, dead_letter):
+        element, (exception_type, exception_repr, _) = dead_letter
+        uri = element[0] if isinstance(element, tuple) else str(element)
+        error_type, message = describe(exception_type, exception_repr)
+        Metrics.counter(NAMESPACE, f"errors.{self.stage}.{error_type}").inc()
+        yield error_row(uri, self.stage, error_type, message)
+
+
+class FailedBatchesToErrorRows(beam.DoFn):
+    """RunInference's failed batches, (batch, (type, repr, traceback)) -> one inference
+    error row per image in the batch."""
+
+    def process(self, failed):
+        batch, (exception_type, exception_repr, _) = failed
+        error_type, message = describe(exception_type, exception_repr)
+        for element in batch:
+            uri = element[0] if isinstance(element, tuple) else str(element)
+            Metrics.counter(NAMESPACE, f"errors.inference.{error_type}").inc()
+            yield error_row(uri, "inference", error_type, message)

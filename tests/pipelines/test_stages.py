@@ -1,0 +1,100 @@
+"""Single stages under a real TestPipeline: decode isolation, inference failures, manifests."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines.caption_images import CaptionImages
+from pipelines.caption_model_handler import CaptionModelHandler
+from pipelines.decode_images import DecodeImage, DecodeImages
+from pipelines.read_images import ListInputs
+from tests.images import awkward_files
+
+
+class MisbehavingDecode(DecodeImage):
+    """Hangs or kills its own process for chosen URIs, like a decoder bug would."""
+
+    def process(self, element):
+        uri, _ = element
+        if "hang" in uri:
+            time.sleep(600)
+        if "crash" in uri:
+            os._exit(11)
+        yield from super().process(element)
+
+
+def test_a_hanging_or_crashing_decoder_costs_one_error_row_each():
+    good = awkward_files.png()
+    elements = [
+        ("a.png", good),
+        ("hang.png", good),
+        ("b.png", good),
+        ("crash.png", good),
+        ("c.png", good),
+    ]
+    with TestPipeline() as pipeline:
+        decoded = (
+            pipeline
+            | beam.Create(elements)
+            | DecodeImages(75, 10_000_000, timeout=5, decoder=MisbehavingDecode(75, 10_000_000))
+        )
+        assert_that(
+            decoded["decoded"] | "Uris" >> beam.Map(lambda kv: kv[0]),
+            equal_to(["a.png", "b.png", "c.png"]),
+            label="Good",
+        )
+        assert_that(
+            decoded["errors"] | "Kinds" >> beam.Map(lambda r: (r["image_uri"], r["error_type"])),
+            equal_to([("hang.png", "DecodeTimeout"), ("crash.png", "DecoderCrashed")]),
+            label="Errors",
+        )
+
+
+class FailingHandler(CaptionModelHandler):
+    def run_inference(self, batch, model, inference_args=None):
+        if any(example["width"] == 13 for example in batch):
+            raise RuntimeError("device out of memory")
+        yield from super().run_inference(batch, model, inference_args)
+
+
+def test_an_inference_failure_becomes_error_rows_for_its_batch(tiny_bundle):
+    pixels = np.zeros((75, 75, 3), np.uint8)
+    good = [(f"ok{i}", {"pixels": pixels, "width": 10, "height": 10}) for i in range(3)]
+    bad = [("bad", {"pixels": pixels, "width": 13, "height": 10})]
+    handler = FailingHandler(tiny_bundle, min_batch_size=1, max_batch_size=1)
+    with TestPipeline() as pipeline:
+        out = pipeline | beam.Create(good + bad) | CaptionImages(handler)
+        assert_that(
+            out["captions"] | "Uris" >> beam.Map(lambda r: r["image_uri"]),
+            equal_to(["ok0", "ok1", "ok2"]),
+            label="Captions",
+        )
+        assert_that(
+            out["errors"]
+            | "Kinds"
+            >> beam.Map(lambda r: (r["image_uri"], r["stage"], r["error_type"], r["message"])),
+            equal_to([("bad", "inference", "RuntimeError", "device out of memory")]),
+            label="Errors",
+        )
+
+
+def test_manifests_in_text_csv_and_parquet(tmp_path):
+    (tmp_path / "m.txt").write_text("a.jpg\n# a comment\n\nb.jpg\na.jpg\n")
+    (tmp_path / "m.csv").write_text('id,image_uri\n1,c.jpg\n2,"d,1.jpg"\n')
+    pq.write_table(pa.table({"image_uri": ["e.jpg", "f.jpg"], "x": [1, 2]}), tmp_path / "m.parquet")
+    for manifest, expected in (
+        ("m.txt", ["a.jpg", "b.jpg"]),
+        ("m.csv", ["c.jpg", "d,1.jpg"]),
+        ("m.parquet", ["e.jpg", "f.jpg"]),
+    ):
+        with TestPipeline() as pipeline:
+            listed = pipeline | ListInputs([], str(tmp_path / manifest))
+            assert_that(listed["uris"], equal_to(expected))
