@@ -143,7 +143,7 @@ def check_model_archive(model_file: Path) -> None:
             raise BundleError(f"{model_file} holds an unsafe Lambda layer; refusing to load it")
         if registered and registered.startswith(_ALLOWED_REGISTERED_PREFIX):
             continue
-        if module is None or module.startswith(_ALLOWED_MODULE_PREFIXES) or module == "builtins":
+        if module in (None, "keras", "builtins") or module.startswith(_ALLOWED_MODULE_PREFIXES):
             continue
         raise BundleError(
             f"{model_file} holds class {class_name} from module {module}; refusing to load it"

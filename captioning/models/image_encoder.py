@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import keras
@@ -19,8 +20,15 @@ def build_inception_backbone(
     ~/.keras), None for a random init, or the path of a local weights file.
     """
     base = keras.applications.InceptionV3(
-        include_top=False, weights=weights, input_shape=(image_size, image_size, 3)
+        include_top=False,
+        weights="imagenet" if weights == "imagenet" else None,
+        input_shape=(image_size, image_size, 3),
     )
+    _name_layers_deterministically(base)
+    if weights not in (None, "imagenet"):
+        # After renaming: a Keras 3 weights file matches layers by name. (Keras' own
+        # ImageNet file is a legacy H5 that it matches by layer order.)
+        base.load_weights(weights)
     if feature_layer == base.layers[-1].name:
         return base
     try:
@@ -28,6 +36,27 @@ def build_inception_backbone(
     except ValueError:
         raise ValueError(f"InceptionV3 has no layer named {feature_layer!r}") from None
     return keras.Model(base.input, output, name=f"inception_v3_{feature_layer}")
+
+
+# Keras names these layers from a process-wide counter ("conv2d_861"), and a .keras
+# archive stores weights under layer names, so a bundle saved in one process would not
+# load in another that had built other models first.
+_AUTO_NAMED = re.compile(
+    r"^(input_layer|conv2d|batch_normalization|activation|max_pooling2d|average_pooling2d|concatenate)"
+    r"(_\d+)?$"
+)
+
+
+def _name_layers_deterministically(model: keras.Model) -> None:
+    """Rename auto-named layers as a fresh process would: conv2d, conv2d_1, ..."""
+    seen: dict[str, int] = {}
+    for layer in model.layers:
+        match = _AUTO_NAMED.match(layer.name)
+        if match:
+            kind = match.group(1)
+            count = seen.get(kind, 0)
+            seen[kind] = count + 1
+            layer.name = kind if count == 0 else f"{kind}_{count}"
 
 
 @keras.saving.register_keras_serializable(package="captioning")

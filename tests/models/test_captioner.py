@@ -30,7 +30,7 @@ def test_teacher_forced_logits_shape():
     tokens = np.ones((3, MAX_LEN - 1), np.int32)
     logits = model({"images": _images(), "tokens": tokens})
     assert logits.shape == (3, MAX_LEN - 1, VOCAB)
-    assert str(logits.dtype) == "float32"
+    assert logits.dtype.name == "float32"
 
 
 def test_generate_returns_captions_scores_and_attention():

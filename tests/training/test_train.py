@@ -100,6 +100,6 @@ def test_frozen_backbone_features_are_cached_and_reused(scenes, tmp_path):
         )
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(result.stderr)
-    assert "computing backbone features" in runs[0]
-    assert "feature cache hit" in runs[1] and "computing backbone features" not in runs[1]
+    assert "computing features" in runs[0]
+    assert "features cache hit" in runs[1] and "computing features" not in runs[1]
     assert len(list(cache.iterdir())) == 2  # train and val
