@@ -150,8 +150,9 @@ def check_model_archive(model_file: Path) -> None:
         )
 
 
-def load_bundle(path: str, precision: str = "float32") -> LoadedBundle:
-    """Verify and load a bundle (local or gs://) under a precision policy."""
+def load_bundle(path: str, precision: str | None = None) -> LoadedBundle:
+    """Verify and load a bundle (local or gs://) under a precision policy
+    (default: the bundle's own, ``generation.precision``)."""
     if str(path).startswith("gs://"):
         local = tempfile.mkdtemp(prefix="captioning-bundle-")
         _copy_tree(str(path), local)
@@ -172,7 +173,7 @@ def load_bundle(path: str, precision: str = "float32") -> LoadedBundle:
         config = captioner_config_from_dict(json.loads((root / CONFIG_FILE).read_text()))
     except (ValueError, KeyError, TypeError) as error:
         raise BundleError(f"model bundle {path} has an invalid config: {error}") from None
-    policy = resolve_precision(precision)
+    policy = resolve_precision(precision or config.generation.precision)
     try:
         with dtype_policy(policy):
             model = keras.saving.load_model(root / MODEL_FILE, safe_mode=True, compile=False)

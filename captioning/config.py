@@ -67,6 +67,9 @@ class GenerationConfig:
     """Defaults for caption generation; callers may override per request."""
 
     beam_width: int = 3
+    # The dtype policy for captioning unless the caller picks one: "auto" is bf16 on
+    # CPUs with AMX/AVX512-BF16 and on Ampere+ GPUs, fp16 on older GPUs, else float32.
+    precision: str = "auto"
     # Beams are ranked by sum(log p) / length**length_penalty; 1.0 ranks by the
     # mean token log-probability, which is also the score written to Parquet.
     length_penalty: float = 1.0

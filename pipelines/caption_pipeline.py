@@ -77,7 +77,7 @@ def resolve_job(options: CaptionOptions) -> CaptionJob:
         raise UserError("--beam-width must be at least 1")
     config = captioner_config_from_dict(_bundle_config(options.model))
     model_id = read_model_id(options.model)
-    precision = options.precision or ("auto" if options.gpu else "float32")
+    precision = options.precision or ("auto" if options.gpu else config.generation.precision)
     max_batch = options.max_batch_size or (128 if options.gpu else 64)
     if options.min_batch_size < 1 or max_batch < options.min_batch_size:
         raise UserError("need 1 <= --min-batch-size <= --max-batch-size")

@@ -60,7 +60,8 @@ class CaptionOptions(PipelineOptions):
         parser.add_argument(
             "--precision",
             choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-            help="dtype policy for inference (default float32 on CPU, auto with --gpu)",
+            help="dtype policy for inference (default: the bundle's, normally auto: bf16 where "
+            "the CPU or GPU has it)",
         )
         parser.add_argument(
             "--decode-timeout",

@@ -31,7 +31,7 @@ def _images():
 
 def test_reloaded_bundle_captions_equal_the_in_memory_model(model_and_bundle):
     model, vocabulary, path, model_id = model_and_bundle
-    loaded = load_bundle(str(path))
+    loaded = load_bundle(str(path), precision="float32")
     assert loaded.model_id == model_id and model_id.startswith("sha256-")
     assert loaded.vocabulary == vocabulary
     before = model.generate(_images(), beam_width=2)
@@ -97,6 +97,15 @@ def test_bundle_with_a_lambda_layer_is_refused_even_with_a_valid_hash(model_and_
 def test_missing_bundle_is_a_clear_error(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(str(tmp_path / "nothing"))
+
+
+def test_bundle_carries_its_precision_policy(model_and_bundle):
+    _, _, path, _ = model_and_bundle
+    config = json.loads((path / "captioner_config.json").read_text())
+    assert config["generation"]["precision"] == "auto"
+    from captioning.precision import resolve_precision
+
+    assert load_bundle(str(path)).precision == resolve_precision("auto")
 
 
 def test_bundle_loads_in_mixed_bfloat16(model_and_bundle):

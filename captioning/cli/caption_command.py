@@ -29,6 +29,7 @@ options:
   --beam-width K          beams per image (1 = greedy; default: the bundle's)
   --min-batch-size N      (default 8)   --max-batch-size N (default 64; 128 with --gpu)
   --precision P           auto | float32 | mixed_bfloat16 | mixed_float16
+                          (default: the bundle's, normally auto = bf16 where supported)
   --decode-timeout S      seconds per image decode before it becomes an error (default 30)
   --no-decode-isolation   decode in the worker process instead of a guarded subprocess
   --dry_run --job-spec-out FILE   write the resolved job spec instead of running

@@ -30,8 +30,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--precision",
-        default="float32",
         choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        help="dtype policy (default: the bundle's own, normally auto)",
     )
     parser.add_argument("--limit", type=int, help="score only the first N images")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -18,8 +18,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--beam-width", type=int, help="beams (1 = greedy; default: bundle's)")
     parser.add_argument(
         "--precision",
-        default="float32",
         choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        help="dtype policy (default: the bundle's own, normally auto)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.set_defaults(run=run)

@@ -22,10 +22,12 @@ def evaluate_bundle(
     split: str = "auto",
     beam_width: int | None = None,
     batch_size: int = 32,
-    precision: str = "float32",
+    precision: str | None = None,
     limit: int | None = None,
+    keep_hypotheses: bool = False,
 ) -> dict:
-    """Metrics plus ``exact_match`` (share of captions equal to a reference)."""
+    """Metrics plus ``exact_match`` (share of captions equal to a reference); with
+    ``keep_hypotheses`` also the generated captions by image."""
     data = read_captions(captions, images, format)
     log.info(data.report.summary())
     if split == "auto":
@@ -53,4 +55,7 @@ def evaluate_bundle(
     metrics["exact_match"] = exact_match_rate(references, hypotheses)
     metrics["failed"] = failed
     metrics["model_id"] = bundle.model_id
+    metrics["precision"] = bundle.precision
+    if keep_hypotheses:
+        metrics["hypotheses"] = hypotheses
     return metrics

@@ -83,9 +83,10 @@ def caption_batches(
     vocabulary: Vocabulary | None = None,
     in_memory: bool = True,
     seed: int = 0,
+    epochs: int | None = None,
 ) -> tf.data.Dataset:
-    """Endless batches for ``model.fit`` from (row, tensor) examples whose rows index
-    ``tokens``; pass ``steps_per_epoch`` (and ``validation_steps``) to fit."""
+    """Batches for ``model.fit`` from (row, tensor) examples whose rows index ``tokens``:
+    ``epochs`` passes (endless if None); give fit ``steps_per_epoch``/``validation_steps``."""
     if in_memory:
         examples = examples.cache()
     if training:
@@ -110,6 +111,7 @@ def caption_batches(
     batches = examples.map(prepare, num_parallel_calls=AUTOTUNE)
     batches = batches.batch(batch_size, drop_remainder=training)
     batches = batches.map(to_model_inputs(inputs_key), num_parallel_calls=AUTOTUNE)
-    # Endless, with epochs cut by steps_per_epoch: one iterator serves the whole run,
-    # instead of a new (distributed) iterator and a cold pipeline every epoch.
-    return batches.repeat().prefetch(AUTOTUNE)
+    # Epochs are cut by steps_per_epoch, so one iterator serves the whole run instead of
+    # a cold pipeline every epoch. A finite count lets that iterator run dry before it
+    # is destroyed (tearing down a busy distributed iterator can hang in TF 2.21).
+    return batches.repeat(epochs).prefetch(AUTOTUNE)

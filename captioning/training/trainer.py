@@ -159,6 +159,8 @@ def train(
     with dtype_policy(precision), strategy.scope():
         model = build_captioner(config.captioner, vocabulary)
 
+    # Epochs still to run: a resumed run's datasets are sized to what is left.
+    remaining = config.epochs - _completed_epochs(run / "checkpoint")
     kind = "features" if frozen else "pixels"
     encode = (
         (lambda batch: model.encoder.backbone_features(batch, training=False)) if frozen else None
@@ -182,6 +184,7 @@ def train(
                 vocabulary=vocabulary,
                 in_memory=config.image_cache == "memory",
                 seed=config.seed,
+                epochs=max(remaining, 1),
             )
         )
         if training:
@@ -245,3 +248,11 @@ def train(
         progress.resumed_from,
         time.monotonic() - started,
     )
+
+
+def _completed_epochs(checkpoint_dir: Path) -> int:
+    """Epochs recorded by BackupAndRestore's metadata (0 for a fresh run)."""
+    try:
+        return int(json.loads((checkpoint_dir / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
