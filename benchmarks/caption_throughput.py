@@ -34,8 +34,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k" / "Flickr8k.token.txt"
@@ -155,9 +155,11 @@ def generation_costs(bundle: str, batch_size: int = 64) -> dict[str, float]:
     from captioning.bundle import load_bundle
 
     loaded = load_bundle(bundle)
-    features = np.random.default_rng(2).normal(
-        0, 1, (batch_size, 64, loaded.captioner.encoder.backbone_channels)
-    ).astype("float32")
+    features = (
+        np.random.default_rng(2)
+        .normal(0, 1, (batch_size, 64, loaded.captioner.encoder.backbone_channels))
+        .astype("float32")
+    )
     costs = {}
     for name, width in (("greedy", 1), ("beam3", 3)):
         run = lambda f, w=width: loaded.captioner.generate(features=f, beam_width=w)  # noqa: E731
@@ -169,8 +171,17 @@ def caption_run(bundle: str, pattern: str, output: Path, extra: list[str]) -> di
     """One ``captioning caption`` process; wall time and its peak RSS (a wrapper reads
     RUSAGE_CHILDREN, so only that process tree is measured)."""
     command = [
-        sys.executable, "-m", "captioning.cli.main", "caption", "--input", pattern,
-        "--output", str(output), "--model", bundle, *extra,
+        sys.executable,
+        "-m",
+        "captioning.cli.main",
+        "caption",
+        "--input",
+        pattern,
+        "--output",
+        str(output),
+        "--model",
+        bundle,
+        *extra,
     ]
     wrapper = (
         "import resource, subprocess, sys, time, json\n"
@@ -243,7 +254,9 @@ def training_rates() -> dict[str, float]:
     for replicas in (1, 2):
         result = subprocess.run(
             [sys.executable, "-c", TRAIN_STEPS, str(replicas)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         rates[f"replicas_{replicas}"] = round(
             json.loads(result.stdout.strip().splitlines()[-1])["steps_per_s"], 3
@@ -261,7 +274,10 @@ def precision_agreement(bundle: str, workdir: Path) -> dict:
     metrics = {}
     for precision in ("float32", "mixed_bfloat16"):
         metrics[precision] = evaluate_bundle(
-            bundle, str(scenes / "captions.csv"), str(scenes / "images"), precision=precision,
+            bundle,
+            str(scenes / "captions.csv"),
+            str(scenes / "images"),
+            precision=precision,
             keep_hypotheses=True,
         )
         captions[precision] = metrics[precision].pop("hypotheses")

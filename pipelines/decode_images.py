@@ -1,33 +1,101 @@
 """DecodeImages: (uri, bytes) -> (uri, model-ready pixels), with the library's one decode path.
 
-Decoding untrusted files is where a batch job meets corrupt, hostile and
-enormous inputs, so each decode is bounded in time and, by default, runs in a
-separate process (Beam's ``with_exception_handling(use_subprocess=True,
-timeout=...)``): a decoder that hangs is killed after ``timeout`` seconds and one
-that crashes takes down only that subprocess, which Beam restarts. Either way the
-image becomes an error row (stage ``decode``) and the job goes on.
+By default each image is decoded in a guarded pool of worker processes
+(``pipelines.decode_pool``): a decoder that hangs is killed after ``timeout``
+seconds, one that crashes takes down only a pool process, and either way the image
+becomes an error row (stage ``decode``) while the job goes on. The pool keeps up to
+``window`` images in flight, so decoding overlaps with inference downstream.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from captioning.images.decode import load_image
-from pipelines.error_rows import DeadLettersToErrorRows
+from pipelines.decode_pool import DecodePool
+from pipelines.error_rows import describe, error_row
 from pipelines.metrics import IMAGES_DECODED, NAMESPACE
 
+ERRORS = "errors"
 
-class DecodeImage(beam.DoFn):
-    def __init__(self, image_size: int, max_pixels: int) -> None:
-        self.image_size = image_size
-        self.max_pixels = max_pixels
+
+def _decoded_output(uri: str, decoded) -> tuple[str, dict[str, Any]]:
+    return uri, {"pixels": decoded.pixels, "width": decoded.width, "height": decoded.height}
+
+
+def _error_output(uri: str, error: BaseException) -> beam.pvalue.TaggedOutput:
+    error_type, message = describe(type(error), repr(error))
+    Metrics.counter(NAMESPACE, f"errors.decode.{error_type}").inc()
+    return beam.pvalue.TaggedOutput(ERRORS, error_row(uri, "decode", error_type, message))
+
+
+class PooledDecode(beam.DoFn):
+    """Decodes in a process pool; outputs (uri, image) and, tagged ``errors``, error rows."""
+
+    def __init__(
+        self,
+        decode: Callable[[bytes], Any],
+        timeout: float,
+        processes: int | None = None,
+        window: int = 128,
+    ) -> None:
+        self.decode = decode
+        self.timeout = timeout
+        self.processes = processes
+        self.window = window
+
+    def setup(self):
+        processes = self.processes or max(1, min(4, os.cpu_count() or 1))
+        self.pool = DecodePool(self.decode, processes, self.window, self.timeout)
+
+    def _outputs(self, completed):
+        for uri, decoded, error in completed:
+            if error is not None:
+                yield _error_output(uri, error)
+            else:
+                Metrics.counter(NAMESPACE, IMAGES_DECODED).inc()
+                yield _decoded_output(uri, decoded)
 
     def process(self, element):
         uri, data = element
-        decoded = load_image(data, self.image_size, self.max_pixels)
+        yield from self._outputs(self.pool.submit(uri, data))
+
+    def finish_bundle(self):
+        # Everything still in flight belongs to this bundle and must leave with it.
+        for output in self._outputs(self.pool.drain()):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(
+                    output.tag, GlobalWindows.windowed_value(output.value)
+                )
+            else:
+                yield GlobalWindows.windowed_value(output)
+
+    def teardown(self):
+        self.pool.close()
+
+
+class InProcessDecode(beam.DoFn):
+    """Decodes in the worker itself: no isolation from a crashing decoder."""
+
+    def __init__(self, decode: Callable[[bytes], Any]) -> None:
+        self.decode = decode
+
+    def process(self, element):
+        uri, data = element
+        try:
+            decoded = self.decode(data)
+        except Exception as error:  # noqa: BLE001 - any decode failure is that image's error row
+            yield _error_output(uri, error)
+            return
         Metrics.counter(NAMESPACE, IMAGES_DECODED).inc()
-        yield uri, {"pixels": decoded.pixels, "width": decoded.width, "height": decoded.height}
+        yield _decoded_output(uri, decoded)
 
 
 class DecodeImages(beam.PTransform):
@@ -37,19 +105,21 @@ class DecodeImages(beam.PTransform):
         max_pixels: int,
         timeout: float = 30.0,
         isolate: bool = True,
-        decoder: beam.DoFn | None = None,
+        decode: Callable[[bytes], Any] | None = None,
+        processes: int | None = None,
     ) -> None:
         super().__init__()
+        self.decode = decode or functools.partial(
+            load_image, image_size=image_size, max_pixels=max_pixels
+        )
         self.timeout = timeout
         self.isolate = isolate
-        self.decoder = decoder or DecodeImage(image_size, max_pixels)
+        self.processes = processes
 
     def expand(self, images):
-        decode = beam.ParDo(self.decoder)
         if self.isolate:
-            decode = decode.with_exception_handling(use_subprocess=True, timeout=self.timeout)
+            fn = PooledDecode(self.decode, self.timeout, self.processes)
         else:
-            decode = decode.with_exception_handling(timeout=self.timeout)
-        good, bad = images | "Decode" >> decode
-        errors = bad | "DecodeErrorRows" >> beam.ParDo(DeadLettersToErrorRows("decode"))
-        return {"decoded": good, "errors": errors}
+            fn = InProcessDecode(self.decode)
+        decoded = images | "Decode" >> beam.ParDo(fn).with_outputs(ERRORS, main="decoded")
+        return {"decoded": decoded.decoded, "errors": decoded[ERRORS]}

@@ -12,39 +12,38 @@ import pyarrow.parquet as pq
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from captioning.images.decode import load_image
 from pipelines.caption_images import CaptionImages
 from pipelines.caption_model_handler import CaptionModelHandler
-from pipelines.decode_images import DecodeImage, DecodeImages
+from pipelines.decode_images import DecodeImages
 from pipelines.read_images import ListInputs
 from tests.images import awkward_files
 
 
-class MisbehavingDecode(DecodeImage):
-    """Hangs or kills its own process for chosen URIs, like a decoder bug would."""
-
-    def process(self, element):
-        uri, _ = element
-        if "hang" in uri:
-            time.sleep(600)
-        if "crash" in uri:
-            os._exit(11)
-        yield from super().process(element)
+def misbehaving_decode(data: bytes):
+    """Hangs or kills its own process for chosen inputs, like a decoder bug would."""
+    if data.startswith(b"hang"):
+        time.sleep(600)
+    if data.startswith(b"crash"):
+        os._exit(11)
+    return load_image(data, 75, 10_000_000)
 
 
 def test_a_hanging_or_crashing_decoder_costs_one_error_row_each():
     good = awkward_files.png()
     elements = [
         ("a.png", good),
-        ("hang.png", good),
+        ("hang.png", b"hang"),
         ("b.png", good),
-        ("crash.png", good),
+        ("crash.png", b"crash"),
         ("c.png", good),
+        ("d.png", awkward_files.html_as_jpg()),
     ]
     with TestPipeline() as pipeline:
         decoded = (
             pipeline
             | beam.Create(elements)
-            | DecodeImages(75, 10_000_000, timeout=5, decoder=MisbehavingDecode(75, 10_000_000))
+            | DecodeImages(75, 10_000_000, timeout=5, decode=misbehaving_decode, processes=2)
         )
         assert_that(
             decoded["decoded"] | "Uris" >> beam.Map(lambda kv: kv[0]),
@@ -53,7 +52,13 @@ def test_a_hanging_or_crashing_decoder_costs_one_error_row_each():
         )
         assert_that(
             decoded["errors"] | "Kinds" >> beam.Map(lambda r: (r["image_uri"], r["error_type"])),
-            equal_to([("hang.png", "DecodeTimeout"), ("crash.png", "DecoderCrashed")]),
+            equal_to(
+                [
+                    ("hang.png", "DecodeTimeout"),
+                    ("crash.png", "DecoderCrashed"),
+                    ("d.png", "UnidentifiedImage"),
+                ]
+            ),
             label="Errors",
         )
 
