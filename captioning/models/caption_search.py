@@ -1,9 +1,10 @@
 """Batched, in-graph caption search: greedy and beam search.
 
 Both run as one ``tf.while_loop`` over time for the whole batch (no per-image or
-per-step Python), so they trace once into a ``tf.function`` and can be XLA
-compiled. ``step_fn(tokens [N], hidden [N, H]) -> (logits [N, V], hidden, attention [N, L])``
-is the decoder with its image features already bound.
+per-step Python), with every loop variable at one static shape, so they trace once
+into a ``tf.function`` and XLA can compile them.
+``step_fn(tokens [N], hidden [N, H]) -> (logits [N, V], hidden, attention [N, L])`` is
+the decoder with its image features already bound.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ class SearchResult:
     attention: tf.Tensor
 
 
+def _write(values: tf.Tensor, t: tf.Tensor, new: tf.Tensor, max_length: int, axis: int):
+    """``values`` with position ``t`` of its time axis set to ``new`` (which is zero there).
+
+    A one-hot add rather than a growing concat, so every loop variable keeps one static
+    shape: that is what lets XLA compile the whole search loop.
+    """
+    mask = tf.one_hot(t, max_length, dtype=values.dtype)
+    shape = [1] * len(values.shape)
+    shape[axis] = max_length
+    return values + tf.reshape(mask, shape) * tf.expand_dims(new, axis)
+
+
 def greedy_search(
     step_fn: StepFn,
     hidden: tf.Tensor,
@@ -48,8 +61,8 @@ def greedy_search(
     finished = tf.zeros([batch], tf.bool)
     log_prob = tf.zeros([batch], tf.float32)
     lengths = tf.zeros([batch], tf.int32)
-    words = tf.TensorArray(tf.int32, size=max_length, element_shape=[None])
-    attention = tf.TensorArray(tf.float32, size=max_length, element_shape=[None, grid_size])
+    words = tf.fill([batch, max_length], tf.cast(pad_id, tf.int32))
+    attention = tf.zeros([batch, max_length, grid_size], tf.float32)
 
     def body(t, tokens, hidden, finished, log_prob, lengths, words, attention):
         logits, hidden, weights = step_fn(tokens, hidden)
@@ -59,29 +72,26 @@ def greedy_search(
         word = tf.where(finished, pad_id, best)
         log_prob += tf.where(finished, 0.0, best_log_prob)
         lengths += tf.cast(~finished, tf.int32)
-        words = words.write(t, word)
-        attention = attention.write(t, tf.cast(weights, tf.float32))
+        words = _write(words, t, word - pad_id, max_length, axis=1)
+        attention = _write(attention, t, tf.cast(weights, tf.float32), max_length, axis=1)
         finished |= tf.equal(word, end_id)
         return t + 1, word, hidden, finished, log_prob, lengths, words, attention
 
     def cond(t, tokens, hidden, finished, *_):
         return tf.logical_and(t < max_length, ~tf.reduce_all(finished))
 
-    t, _, _, _, log_prob, lengths, words, attention = tf.while_loop(
+    _, _, _, _, log_prob, lengths, words, attention = tf.while_loop(
         cond,
         body,
         (tf.constant(0), tokens, hidden, finished, log_prob, lengths, words, attention),
         maximum_iterations=max_length,
     )
-    steps = t
-    words = _pad_time(tf.transpose(words.stack()[:steps]), max_length, pad_id)  # [B, T]
-    weights = _pad_time(tf.transpose(attention.stack()[:steps], [1, 0, 2]), max_length, 0.0)
     scores = log_prob / tf.cast(tf.maximum(lengths, 1), tf.float32)
     return SearchResult(
         tokens=words[:, None, :],
         scores=scores[:, None],
         lengths=lengths[:, None],
-        attention=weights[:, None],
+        attention=attention[:, None],
     )
 
 
@@ -103,13 +113,14 @@ def beam_search(
     """
     k = beam_width
     batch = tf.shape(hidden)[0] // k
+    units = hidden.shape[-1]
     tokens = tf.fill([batch * k], tf.cast(start_id, tf.int32))
     # Only the first beam is live at t=0, so the K beams do not start as K copies.
     scores = tf.tile(tf.constant([[0.0] + [_NEG_INF] * (k - 1)]), [batch, 1])
     finished = tf.zeros([batch, k], tf.bool)
     lengths = tf.zeros([batch, k], tf.int32)
-    words = tf.zeros([batch, k, 0], tf.int32)
-    attention = tf.zeros([batch, k, 0, grid_size], tf.float32)
+    words = tf.fill([batch, k, max_length], tf.cast(pad_id, tf.int32))
+    attention = tf.zeros([batch, k, max_length, grid_size], tf.float32)
 
     def body(t, tokens, hidden, scores, finished, lengths, words, attention):
         logits, hidden, weights = step_fn(tokens, hidden)
@@ -125,14 +136,14 @@ def beam_search(
 
         finished = tf.gather(finished, parent, batch_dims=1)
         lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(~finished, tf.int32)
-        words = tf.concat([tf.gather(words, parent, batch_dims=1), word[..., None]], axis=2)
-        weights = tf.reshape(tf.cast(weights, tf.float32), [batch, k, 1, grid_size])
-        attention = tf.concat(
-            [tf.gather(attention, parent, batch_dims=1), tf.gather(weights, parent, batch_dims=1)],
-            axis=2,
+        words = _write(tf.gather(words, parent, batch_dims=1), t, word - pad_id, max_length, 2)
+        weights = tf.gather(
+            tf.reshape(tf.cast(weights, tf.float32), [batch, k, grid_size]), parent, batch_dims=1
         )
+        attention = _write(tf.gather(attention, parent, batch_dims=1), t, weights, max_length, 2)
         hidden = tf.reshape(
-            tf.gather(tf.reshape(hidden, [batch, k, -1]), parent, batch_dims=1), [batch * k, -1]
+            tf.gather(tf.reshape(hidden, [batch, k, units]), parent, batch_dims=1),
+            [batch * k, units],
         )
         finished |= tf.equal(word, end_id)
         return t + 1, tf.reshape(word, [-1]), hidden, scores, finished, lengths, words, attention
@@ -144,34 +155,13 @@ def beam_search(
         cond,
         body,
         (tf.constant(0), tokens, hidden, scores, finished, lengths, words, attention),
-        shape_invariants=(
-            tf.TensorShape([]),
-            tf.TensorShape([None]),
-            tf.TensorShape([None, None]),
-            tf.TensorShape([None, k]),
-            tf.TensorShape([None, k]),
-            tf.TensorShape([None, k]),
-            tf.TensorShape([None, k, None]),
-            tf.TensorShape([None, k, None, grid_size]),
-        ),
         maximum_iterations=max_length,
     )
     normalised = scores / tf.pow(tf.cast(tf.maximum(lengths, 1), tf.float32), length_penalty)
     order = tf.argsort(normalised, axis=-1, direction="DESCENDING", stable=True)
     return SearchResult(
-        tokens=_pad_time(tf.gather(words, order, batch_dims=1), max_length, pad_id, axis=2),
+        tokens=tf.gather(words, order, batch_dims=1),
         scores=tf.gather(normalised, order, batch_dims=1),
         lengths=tf.gather(lengths, order, batch_dims=1),
-        attention=_pad_time(tf.gather(attention, order, batch_dims=1), max_length, 0.0, axis=2),
+        attention=tf.gather(attention, order, batch_dims=1),
     )
-
-
-def _pad_time(values: tf.Tensor, max_length: int, fill, axis: int = 1) -> tf.Tensor:
-    """Pad the time axis to ``max_length`` so results have one static shape."""
-    missing = max_length - tf.shape(values)[axis]
-    paddings = [[0, 0]] * len(values.shape)
-    paddings[axis] = [0, missing]
-    padded = tf.pad(values, paddings, constant_values=tf.cast(fill, values.dtype))
-    shape = list(values.shape)
-    shape[axis] = max_length
-    return tf.ensure_shape(padded, shape)

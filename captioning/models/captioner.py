@@ -150,19 +150,28 @@ class Captioner(keras.Model):
     def _make_generate_function(
         self, beam_width: int, max_length: int, from_features: bool, jit_compile: bool
     ):
+        """Encoder and search as two compiled functions: XLA (``jit_compile``) helps the
+        search loop's many small ops, while the CNN stays on oneDNN/cuDNN kernels."""
         if from_features:
-            spec = tf.TensorSpec([None, None, self.encoder.backbone_channels], self.compute_dtype)
+            input_spec = tf.TensorSpec(
+                [None, None, self.encoder.backbone_channels], self.compute_dtype
+            )
         else:
             size = self.encoder.image_size
-            spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
+            input_spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
         grid_size = self.encoder.grid_size
+        features_spec = tf.TensorSpec(
+            [None, grid_size, self.encoder.projection_dim], self.compute_dtype
+        )
 
-        @tf.function(input_signature=[spec], jit_compile=jit_compile, reduce_retracing=True)
-        def run(inputs):
+        @tf.function(input_signature=[input_spec], reduce_retracing=True)
+        def encode(inputs):
             if from_features:
-                features = self.encoder.project(tf.cast(inputs, self.compute_dtype))
-            else:
-                features = self.encoder(inputs, training=False)
+                return self.encoder.project(tf.cast(inputs, self.compute_dtype))
+            return self.encoder(inputs, training=False)
+
+        @tf.function(input_signature=[features_spec], jit_compile=jit_compile)
+        def search(features):
             keys, hidden = self.decoder.start(features)
             if beam_width > 1:
                 features = tf.repeat(features, beam_width, axis=0)
@@ -188,6 +197,9 @@ class Captioner(keras.Model):
                     self.length_penalty,
                 )
             return result.tokens, result.scores, result.lengths, result.attention
+
+        def run(inputs):
+            return search(encode(inputs))
 
         return run
 

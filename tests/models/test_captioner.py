@@ -93,3 +93,14 @@ def test_mixed_bfloat16_builds_and_generates():
     result = model.generate(_images(), beam_width=2)
     assert np.isfinite(result.scores.numpy()).all()
     assert keras.config.dtype_policy().name == "float32"  # the policy did not leak
+
+
+def test_xla_compiled_search_matches_the_graph_one():
+    """The jit_compile path (used on GPUs) gives the same captions on CPU."""
+    model = tiny_captioner()
+    images = _images(4)
+    for width in (1, 3):
+        plain = model.generate(images, beam_width=width)
+        compiled = model.generate(images, beam_width=width, jit_compile=True)
+        np.testing.assert_array_equal(plain.tokens, compiled.tokens)
+        np.testing.assert_allclose(plain.scores, compiled.scores, rtol=1e-4, atol=1e-5)
