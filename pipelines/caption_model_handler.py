@@ -32,6 +32,7 @@ class CaptionModelHandler(ModelHandler[dict, PredictionResult, LoadedBundle]):
         max_batch_size: int = 64,
         share_across_processes: bool = False,
         model_copies: int | None = None,
+        jit_compile: bool = False,
     ) -> None:
         super().__init__(
             min_batch_size=min_batch_size,
@@ -43,6 +44,7 @@ class CaptionModelHandler(ModelHandler[dict, PredictionResult, LoadedBundle]):
         self.beam_width = beam_width
         self.precision = precision
         self._share = share_across_processes
+        self.jit_compile = jit_compile
 
     def load_model(self) -> LoadedBundle:
         return load_bundle(stage_bundle(self.model_uri), precision=self.precision)
@@ -54,7 +56,9 @@ class CaptionModelHandler(ModelHandler[dict, PredictionResult, LoadedBundle]):
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         pixels = np.stack([example["pixels"] for example in batch])
-        result = model.captioner.generate(pixels, beam_width=self.beam_width)
+        result = model.captioner.generate(
+            pixels, beam_width=self.beam_width, jit_compile=self.jit_compile
+        )
         for example, (caption, score, alternatives, _) in zip(
             batch, decode_results(model, result), strict=True
         ):

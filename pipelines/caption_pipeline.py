@@ -114,6 +114,8 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
         min_batch_size=options.min_batch_size,
         max_batch_size=job.max_batch_size,
         share_across_processes=options.gpu,
+        # XLA compiles the search loop's small ops into few GPU kernels.
+        jit_compile=options.gpu,
     )
     captioned = decoded["decoded"] | "CaptionImages" >> CaptionImages(handler)
     errors = (

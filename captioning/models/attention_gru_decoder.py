@@ -32,8 +32,7 @@ class AttentionGRUDecoder(keras.layers.Layer):
         self.initial_state = keras.layers.Dense(units, activation="tanh", name="initial_state")
         self.gru_cell = keras.layers.GRUCell(units, name="gru_cell")
         self.dropout_layer = keras.layers.Dropout(dropout, name="dropout")
-        # Logits stay float32 under mixed precision so the softmax is stable.
-        self.logits = keras.layers.Dense(vocabulary_size, dtype="float32", name="logits")
+        self.logits = keras.layers.Dense(vocabulary_size, name="logits")
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
@@ -63,7 +62,10 @@ class AttentionGRUDecoder(keras.layers.Layer):
         output, states = self.gru_cell(inputs, [hidden], training=training)
         new_hidden = states[0] if isinstance(states, (list, tuple)) else states
         deep = self.dropout_layer(ops.concatenate([output, context], axis=-1), training=training)
-        return self.logits(deep), new_hidden, weights
+        # The vocabulary projection is the biggest matmul of a step, so it runs in the
+        # compute dtype (bf16 accumulates in fp32 on AMX and tensor cores); the logits
+        # are then cast to float32 so that the softmax stays exact.
+        return ops.cast(self.logits(deep), "float32"), new_hidden, weights
 
     def call(self, features, tokens, training=False):
         """Teacher forcing: tokens [B, T] (starting with <start>) -> logits [B, T, V]."""

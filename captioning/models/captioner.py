@@ -143,7 +143,9 @@ class Captioner(keras.Model):
             )
             self._generate_functions[key] = function
         inputs = features if from_features else images
-        if isinstance(inputs, np.ndarray):
+        if from_features:
+            inputs = tf.cast(inputs, self.compute_dtype)
+        elif isinstance(inputs, np.ndarray):
             inputs = tf.convert_to_tensor(inputs)
         return SearchResult(*function(inputs))
 
@@ -199,7 +201,8 @@ class Captioner(keras.Model):
             return result.tokens, result.scores, result.lengths, result.attention
 
         def run(inputs):
-            return search(encode(inputs))
+            features = encode(inputs)
+            return search(features)
 
         return run
 
