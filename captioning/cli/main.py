@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("absl", "tensorflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Beam's INFO lines are about its own machinery; its warnings still show.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         return args.run(args) or 0
     except UserError as error:

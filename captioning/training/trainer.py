@@ -184,7 +184,9 @@ def train(
                 vocabulary=vocabulary,
                 in_memory=config.image_cache == "memory",
                 seed=config.seed,
-                epochs=max(remaining, 1),
+                # Keras restarts the validation iterator every epoch, so it gets one
+                # pass that runs dry; the training iterator lives for the whole run.
+                epochs=max(remaining, 1) if training else 1,
             )
         )
         if training:
