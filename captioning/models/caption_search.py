@@ -66,9 +66,9 @@ def greedy_search(
 
     def body(t, tokens, hidden, finished, log_prob, lengths, words, attention):
         logits, hidden, weights = step_fn(tokens, hidden)
-        log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-        best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
-        best_log_prob = tf.reduce_max(log_probs, axis=-1)
+        logits = tf.cast(logits, tf.float32)
+        best = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        best_log_prob = tf.reduce_max(logits, axis=-1) - tf.reduce_logsumexp(logits, axis=-1)
         word = tf.where(finished, pad_id, best)
         log_prob += tf.where(finished, 0.0, best_log_prob)
         lengths += tf.cast(~finished, tf.int32)
@@ -124,15 +124,22 @@ def beam_search(
 
     def body(t, tokens, hidden, scores, finished, lengths, words, attention):
         logits, hidden, weights = step_fn(tokens, hidden)
-        vocab = tf.shape(logits)[-1]
-        log_probs = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)), [batch, k, -1])
-        # A finished beam may only continue with <pad>, at no cost.
-        pad_only = tf.one_hot(pad_id, vocab, on_value=0.0, off_value=_NEG_INF)
+        logits = tf.cast(logits, tf.float32)
+        # Two-stage top-k: the best K words of each beam, then the best K of those K*K.
+        # Exact (any global top-K candidate is in its own beam's top K) and far cheaper
+        # than a log-softmax and top-k over all K * vocabulary candidates.
+        best_logits, best_words = tf.math.top_k(logits, k=k)
+        log_probs = best_logits - tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
+        log_probs = tf.reshape(log_probs, [batch, k, k])
+        best_words = tf.reshape(best_words, [batch, k, k])
+        # A finished beam has one continuation, <pad>, at no cost.
+        pad_only = tf.constant([0.0] + [_NEG_INF] * (k - 1))
         log_probs = tf.where(finished[..., None], pad_only[None, None, :], log_probs)
-        candidates = tf.reshape(scores[..., None] + log_probs, [batch, -1])
+        best_words = tf.where(finished[..., None], pad_id, best_words)
+        candidates = tf.reshape(scores[..., None] + log_probs, [batch, k * k])
         scores, flat_index = tf.math.top_k(candidates, k=k)
-        parent = flat_index // vocab
-        word = flat_index % vocab
+        parent = flat_index // k
+        word = tf.gather(tf.reshape(best_words, [batch, k * k]), flat_index, batch_dims=1)
 
         finished = tf.gather(finished, parent, batch_dims=1)
         lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(~finished, tf.int32)
