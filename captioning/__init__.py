@@ -1,0 +1,1 @@
+"""captioning: batch image captioning with TensorFlow/Keras (the library; no Beam here)."""

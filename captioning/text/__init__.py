@@ -1,0 +1,1 @@
+"""Caption text: normalisation and the vocabulary."""

@@ -1,0 +1,1 @@
+"""Tests for the cli part of the project."""

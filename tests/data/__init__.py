@@ -1,0 +1,1 @@
+"""Tests for the data part of the project."""

@@ -1,0 +1,1 @@
+"""Tests for the images part of the project."""

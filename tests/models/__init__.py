@@ -1,0 +1,1 @@
+"""Tests for the models part of the project."""

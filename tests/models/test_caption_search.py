@@ -88,3 +88,38 @@ def test_search_stops_at_max_length_without_end():
     result = beam_search(step, tf.zeros([2, 1]), 4, 4, START, END, beam_width=2)
     assert result.lengths[0, 0] == 4
     np.testing.assert_array_equal(result.tokens[0, 0], [A, A, A, A])
+
+
+def _reference_beam_search(log_table, k, max_length):
+    """Plain-Python beam search over every (beam, word) candidate, same semantics."""
+    beams = [((START,), 0.0, False, 0)]  # tokens, score, finished, length
+    for _ in range(max_length):
+        candidates = []
+        for tokens, score, finished, length in beams:
+            if finished:
+                candidates.append(((*tokens, 0), score, True, length))
+                continue
+            for word in range(VOCAB):
+                candidates.append(
+                    ((*tokens, word), score + log_table[tokens[-1], word], word == END, length + 1)
+                )
+        candidates.sort(key=lambda c: -c[1])
+        beams = candidates[:k]
+        if all(b[2] for b in beams):
+            break
+    best = max(beams, key=lambda b: b[1] / max(b[3], 1))
+    return [t for t in best[0][1:]]
+
+
+def test_beam_search_matches_an_exhaustive_reference_on_random_models():
+    rng = np.random.default_rng(7)
+    for trial in range(6):
+        probs = rng.dirichlet(np.full(VOCAB, 0.4), size=VOCAB)
+        probs[:, 0] = 1e-9  # never <pad>
+        probs /= probs.sum(1, keepdims=True)
+        transitions = {token: dict(enumerate(row)) for token, row in enumerate(probs)}
+        step = _table_step(transitions)
+        result = beam_search(step, tf.zeros([3, 1]), 4, 6, START, END, beam_width=3)
+        expected = _reference_beam_search(np.log(probs), 3, 6)
+        got = list(result.tokens[0, 0].numpy()[: len(expected)])
+        assert got == expected, (trial, got, expected)

@@ -1,0 +1,1 @@
+"""Tests for the pipelines part of the project."""

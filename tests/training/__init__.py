@@ -1,0 +1,1 @@
+"""Tests for the training part of the project."""
