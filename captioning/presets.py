@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from captioning.config import (
     AugmentConfig,
     CaptionerConfig,
@@ -78,9 +76,3 @@ def get_preset(name: str) -> TrainConfig:
         return PRESETS[name]()
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
-
-
-def with_overrides(config: TrainConfig, **overrides: object) -> TrainConfig:
-    """Replace top-level TrainConfig fields, skipping overrides that are None."""
-    given = {key: value for key, value in overrides.items() if value is not None}
-    return dataclasses.replace(config, **given)

@@ -26,14 +26,10 @@ def error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, 
 def describe(exception_type: type, exception_repr: str) -> tuple[str, str]:
     """Name and message for an exception from a dead-letter output.
 
-    Our decode errors carry a short ``error_type`` (e.g. "CorruptImage"); a decode
-    that timed out or killed its subprocess arrives as TimeoutError or BrokenProcessPool.
+    Our decode errors carry a short ``error_type`` (e.g. "CorruptImage"); anything
+    else is named by its class.
     """
     name = getattr(exception_type, "error_type", None) or exception_type.__name__
-    if name == "BrokenProcessPool":
-        return "DecoderCrashed", "the decoder process died while decoding this image"
-    if name == "TimeoutError":
-        return "DecodeTimeout", "decoding took longer than the time limit"
     message = exception_repr
     prefix = f"{exception_type.__name__}("
     if message.startswith(prefix) and message.endswith(")"):
