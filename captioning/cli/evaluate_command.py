@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 
 log = logging.getLogger("captioning.evaluate")
 
@@ -35,12 +36,29 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--limit", type=int, help="score only the first N images")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--per-image",
+        metavar="FILE.csv",
+        help="also write one row per scored image to this CSV (written only when given): "
+        "image, caption, references (joined by ' | '), cider; worst CIDEr first",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from captioning.errors import UserError
     from captioning.evaluation.evaluate import evaluate_bundle
+    from captioning.evaluation.per_image import write_per_image_csv
 
+    if args.per_image is not None:
+        # Refuse an unwritable path now, not after captioning the whole set.
+        target = Path(args.per_image)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot write {target}: {error.strerror or error}") from None
+        if target.is_dir():
+            raise UserError(f"cannot write {target}: it is a directory")
     metrics = evaluate_bundle(
         args.model,
         args.captions,
@@ -51,7 +69,15 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
         limit=args.limit,
+        per_image=args.per_image is not None,
     )
+    if args.per_image is not None:
+        rows = metrics.pop("per_image")
+        try:
+            write_per_image_csv(rows, args.per_image)
+        except OSError as error:
+            raise UserError(f"cannot write {args.per_image}: {error.strerror or error}") from None
+        log.info("per-image results of %d images in %s", len(rows), args.per_image)
     if args.json:
         print(
             json.dumps(

@@ -15,13 +15,21 @@ from collections.abc import Sequence
 from captioning.cli import (
     caption_command,
     evaluate_command,
+    explain_command,
     predict_command,
     synth_command,
     train_command,
 )
 from captioning.errors import UserError
 
-COMMANDS = (synth_command, train_command, caption_command, predict_command, evaluate_command)
+COMMANDS = (
+    synth_command,
+    train_command,
+    caption_command,
+    predict_command,
+    evaluate_command,
+    explain_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
