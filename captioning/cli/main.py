@@ -17,6 +17,7 @@ from captioning.cli import (
     evaluate_command,
     explain_command,
     predict_command,
+    report_command,
     synth_command,
     train_command,
 )
@@ -29,6 +30,7 @@ COMMANDS = (
     predict_command,
     evaluate_command,
     explain_command,
+    report_command,
 )
 
 

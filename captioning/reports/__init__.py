@@ -1,0 +1,1 @@
+"""Static HTML reports of caption runs: sampled gallery, run summary, error table."""
