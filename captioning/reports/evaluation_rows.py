@@ -1,6 +1,8 @@
-"""The worst-scoring images of a ``captioning evaluate`` per-image CSV.
+"""The worst-scoring images of a ``captioning evaluate --per-image`` CSV.
 
-Columns: ``image, caption, references, cider`` (references joined with " | ").
+Columns: ``image, caption, references, cider`` (references joined with " | "), as
+``captioning.evaluation.per_image`` writes them; ``image`` is the name under the
+evaluated images folder.
 One row per held-out image, so the file is read whole; only the worst rows are kept.
 """
 
@@ -13,10 +15,8 @@ import math
 from dataclasses import dataclass
 
 from captioning.errors import UserError
+from captioning.evaluation.per_image import PER_IMAGE_COLUMNS, REFERENCE_SEPARATOR
 from captioning.reports import storage
-
-EVALUATION_COLUMNS = ("image", "caption", "references", "cider")
-REFERENCE_SEPARATOR = " | "
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def read_worst(path: str, count: int, images_dir: str | None = None) -> Evaluati
     except Exception as error:  # noqa: BLE001 - gfile raises OSError or tf.errors.OpError
         raise UserError(f"cannot read evaluation file {path}: {error}") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [name for name in EVALUATION_COLUMNS if name not in (reader.fieldnames or [])]
+    missing = [name for name in PER_IMAGE_COLUMNS if name not in (reader.fieldnames or [])]
     if missing:
         raise UserError(f"evaluation file {path} has no column {', '.join(missing)}")
     total, cider_sum = 0, 0.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from captioning.cli.main import main
 from captioning.errors import UserError
+from captioning.evaluation.per_image import per_image_rows, write_per_image_csv
 from captioning.reports.run_report import ReportOptions, build_report
 from tests.reports.conftest import caption_row, error_row, write_run
 
@@ -122,14 +122,15 @@ def test_thumbnails_can_be_written_beside_the_html(small_run, tmp_path):
 
 
 def _evaluation_csv(path: Path, small_run: str) -> Path:
+    """Written by evaluate's own writer, so the two commands agree on the format."""
     images = sorted(Path(small_run).parent.parent.glob("scenes/images/*.png"))[:6]
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "caption", "references", "cider"])
-        for index, image in enumerate(images):
-            references = " | ".join([f"reference {index} a", f"reference {index} b"])
-            writer.writerow([image.name, f"generated {index}", references, 3.0 - index * 0.5])
-        writer.writerow(["lost.png", "generated lost", "a | b", 9.0])
+    references = {
+        image.name: [f"reference {i} a", f"reference {i} b"] for i, image in enumerate(images)
+    }
+    references["lost.png"] = ["a", "b"]
+    hypotheses = {name: f"generated {name}" for name in references}
+    cider = {image.name: 3.0 - i * 0.5 for i, image in enumerate(images)} | {"lost.png": 9.0}
+    write_per_image_csv(per_image_rows(references, hypotheses, cider), path)
     return path
 
 
