@@ -37,3 +37,5 @@ prefix = sys.argv[1]
 print(duckdb.sql(f"SELECT regexp_extract(image_uri, '[^/]+$') AS image, caption, round(score, 3) AS score, width, height FROM '{prefix}-*.parquet' ORDER BY image LIMIT 5"))
 print(duckdb.sql(f"SELECT regexp_extract(image_uri, '[^/]+$') AS image, stage, error_type, message FROM '{prefix}_errors-*.parquet'"))
 PY
+echo "the run's HTML report (opens from disk in any browser):" >&2
+captioning report --captions "$OUT/captions/run" --out "$OUT/report"
