@@ -1,0 +1,1 @@
+"""Tests for the evaluation part of the project."""

@@ -1,0 +1,1 @@
+"""Tests for the explain part of the project."""
