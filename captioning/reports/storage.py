@@ -7,6 +7,7 @@ for it, but every caller that touches storage goes through these functions.
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Iterator
 
 import pyarrow.parquet as pq
@@ -49,12 +50,45 @@ def write_bytes(path: str, data: bytes) -> None:
         handle.write(data)
 
 
+class _GFileStream(io.RawIOBase):
+    """A GFile as a standard binary stream: pyarrow needs ``closed`` and ``readinto``."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._handle = _gfile().GFile(path, "rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._handle.seek(offset, whence)
+        return self._handle.tell()
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def readinto(self, buffer) -> int:
+        data = self._handle.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()
+
+
 @contextlib.contextmanager
 def open_parquet(path: str) -> Iterator[pq.ParquetFile]:
-    """A Parquet file opened for streaming; local files go through pyarrow's own reader."""
+    """A Parquet file opened for streaming (footer first, then one row group at a time).
+
+    Local files go through pyarrow's own reader; URIs (``gs://``) through ``tf.io.gfile``.
+    """
     if not is_remote(path):
         with pq.ParquetFile(path) as parquet:
             yield parquet
         return
-    with _gfile().GFile(path, "rb") as handle, pq.ParquetFile(handle) as parquet:
+    with _GFileStream(path) as stream, pq.ParquetFile(stream) as parquet:
         yield parquet

@@ -176,3 +176,25 @@ def test_cli_writes_the_report_and_prints_its_path(small_run, tmp_path, capsys):
     page = _parse((out / "index.html").read_text())
     assert len(page.find("figure", "card")) <= 6
     assert all(img["src"].startswith("thumbnails/") for img in page.find("img"))
+
+
+def test_uris_go_through_tf_gfile_like_gs_would(small_run, tmp_path):
+    """file:// URIs take the remote path (tf.io.gfile for listing, Parquet and writing);
+    TensorFlow's gs:// client has no emulator setting, so this is the nearest test here."""
+    local = _parse(Path(build_report(small_run, str(tmp_path / "local"))).read_text())
+    out = f"file://{tmp_path}/remote"
+    path = build_report(f"file://{small_run}", out, ReportOptions(thumbnails="files"))
+    assert path == f"{out}/index.html"
+    remote_html = (tmp_path / "remote" / "index.html").read_text()
+    remote = _parse(remote_html)
+    assert [c["data-name"] for c in remote.find("figure", "card")] == [
+        c["data-name"] for c in local.find("figure", "card")
+    ]
+    assert len(remote.find("img")) == 15 and "20260101T000000-abcdef" in remote_html
+
+
+def test_report_has_help(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["report", "--help"])
+    assert exited.value.code == 0
+    assert "usage: captioning report" in capsys.readouterr().out
