@@ -19,7 +19,10 @@ time captioning train --captions "$OUT/train_scenes/captions.csv" \
 step "3/5 evaluate on 300 fresh scenes (seed 2)"
 captioning synth --out "$OUT/test_scenes" --count 300 --seed 2
 captioning evaluate --model "$OUT/bundle" --captions "$OUT/test_scenes/captions.csv" \
-  --images "$OUT/test_scenes/images" | tee "$OUT/metrics.txt"
+  --images "$OUT/test_scenes/images" --per-image "$OUT/per_image.csv" | tee "$OUT/metrics.txt"
+echo "attention maps, one per word, of the first test scene: $OUT/attention.png" >&2
+captioning explain "$OUT/test_scenes/images/scene_2_000000.png" --model "$OUT/bundle" \
+  --out "$OUT/attention.png"
 
 step "4/5 a few captions next to their references"
 ls "$OUT"/test_scenes/images/*.png | head -5 | xargs captioning predict --model "$OUT/bundle"
