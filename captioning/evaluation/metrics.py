@@ -45,11 +45,20 @@ def tokenize_captions(
 ) -> tuple[dict[str, list[str]], dict[str, list[str]], str]:
     """Both sides tokenised as the scorers expect: id -> list of space-joined captions."""
     ids = sorted(hypotheses)
-    if not _java_available():
+    if _java_available():
+        try:
+            return (*_ptb_tokenized(references, hypotheses, ids), PTB)
+        except (OSError, KeyError) as error:
+            # e.g. a read-only site-packages, where the toolkit writes its temporary file.
+            log.warning("PTB tokenizer failed (%s); using the simple tokenizer", error)
+    else:
         log.warning("no Java: captions normalised without the PTB tokenizer, METEOR skipped")
-        refs = {i: [" ".join(normalize_caption(r)) for r in references[i]] for i in ids}
-        hyps = {i: [" ".join(normalize_caption(hypotheses[i]))] for i in ids}
-        return refs, hyps, SIMPLE
+    refs = {i: [" ".join(normalize_caption(r)) for r in references[i]] for i in ids}
+    hyps = {i: [" ".join(normalize_caption(hypotheses[i]))] for i in ids}
+    return refs, hyps, SIMPLE
+
+
+def _ptb_tokenized(references, hypotheses, ids):
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     # One Java run for both sides: -preserveLines tokenises every line on its own, so
@@ -60,7 +69,7 @@ def tokenize_captions(
     tokenized = PTBTokenizer().tokenize(combined)
     refs = {i: tokenized[("ref", i)] for i in ids}
     hyps = {i: tokenized[("hyp", i)] for i in ids}
-    return refs, hyps, PTB
+    return refs, hyps
 
 
 def _meteor(references: dict, hypotheses: dict) -> float | None:
