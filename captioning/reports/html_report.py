@@ -13,7 +13,7 @@ from html import escape
 from captioning.reports.error_rows import ErrorSummary
 from captioning.reports.evaluation_rows import EvaluationWorst
 from captioning.reports.page_assets import SCRIPT, STYLE
-from captioning.reports.sampling import ALL, HIGHEST, LOWEST, RANDOM, CaptionSample
+from captioning.reports.sampling import ALL, HIGHEST, LOWEST, RANDOM, CaptionSample, SampledCaption
 
 GROUP_LABELS = {LOWEST: "lowest-scoring", HIGHEST: "highest-scoring", RANDOM: "random"}
 
@@ -158,7 +158,7 @@ def _hue(score: float, low: float, high: float) -> int:
     return round(130 * (score - low) / (high - low))
 
 
-def _card(row, images: dict[str, ShownImage], low: float, high: float) -> str:
+def _card(row: SampledCaption, images: dict[str, ShownImage], low: float, high: float) -> str:
     unscored = math.isnan(row.score)
     score = "nan" if unscored else f"{row.score:.4f}"
     tags = "".join(
@@ -246,7 +246,7 @@ def _evaluation_section(content: ReportContent) -> str:
     )
     rows = "".join(
         f"<tr><td>{_image(row.image_uri, content.images, 'thumb small')}</td>"
-        f'<td class="mono" title="{_text(row.image_uri)}">{_text(row.image)}</td>'
+        f'<td class="mono file" title="{_text(row.image_uri)}">{_text(row.image)}</td>'
         f"<td>{_text(row.caption)}</td>"
         f'<td><ul class="refs">{"".join(f"<li>{_text(r)}</li>" for r in row.references)}</ul></td>'
         f'<td class="num">{row.cider:.3f}</td></tr>'

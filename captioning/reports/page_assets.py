@@ -68,6 +68,7 @@ details { font-size: 12px; color: var(--muted); }
 details ol { margin: 4px 0 0; padding-left: 18px; }
 ul.refs { margin: 0; padding-left: 16px; }
 .empty { color: var(--muted); font-style: italic; }
+td.file { white-space: nowrap; }
 table caption { text-align: left; padding: 0 0 6px; color: var(--muted); }
 """
 

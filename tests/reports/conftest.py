@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from captioning.data.synthetic_scenes import generate_scenes
+from captioning.evaluation.per_image import per_image_rows, write_per_image_csv
 from pipelines import metrics as metric_names
 from pipelines.run_summary import build_summary, summary_path
 from pipelines.schemas import CAPTIONS_SCHEMA, ERRORS_SCHEMA
@@ -72,6 +73,19 @@ def write_run(
         document = build_summary(totals, 4.0, "sha256-test", RUN_ID, output)
         Path(summary_path(output)).write_text(json.dumps(document))
     return output
+
+
+def write_evaluation_csv(path: Path, small_run: str) -> Path:
+    """Written by evaluate's own writer, so the two commands agree on the format."""
+    images = sorted(Path(small_run).parent.parent.glob("scenes/images/*.png"))[:6]
+    references = {
+        image.name: [f"reference {i} a", f"reference {i} b"] for i, image in enumerate(images)
+    }
+    references["lost.png"] = ["a", "b"]
+    hypotheses = {name: f"generated {name}" for name in references}
+    cider = {image.name: 3.0 - i * 0.5 for i, image in enumerate(images)} | {"lost.png": 9.0}
+    write_per_image_csv(per_image_rows(references, hypotheses, cider), path)
+    return path
 
 
 @pytest.fixture(scope="session")

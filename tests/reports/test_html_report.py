@@ -10,9 +10,8 @@ import pytest
 
 from captioning.cli.main import main
 from captioning.errors import UserError
-from captioning.evaluation.per_image import per_image_rows, write_per_image_csv
 from captioning.reports.run_report import ReportOptions, build_report
-from tests.reports.conftest import caption_row, error_row, write_run
+from tests.reports.conftest import caption_row, error_row, write_evaluation_csv, write_run
 
 
 class _Elements(HTMLParser):
@@ -121,21 +120,8 @@ def test_thumbnails_can_be_written_beside_the_html(small_run, tmp_path):
     assert len(list((out / "thumbnails").iterdir())) == 15
 
 
-def _evaluation_csv(path: Path, small_run: str) -> Path:
-    """Written by evaluate's own writer, so the two commands agree on the format."""
-    images = sorted(Path(small_run).parent.parent.glob("scenes/images/*.png"))[:6]
-    references = {
-        image.name: [f"reference {i} a", f"reference {i} b"] for i, image in enumerate(images)
-    }
-    references["lost.png"] = ["a", "b"]
-    hypotheses = {name: f"generated {name}" for name in references}
-    cider = {image.name: 3.0 - i * 0.5 for i, image in enumerate(images)} | {"lost.png": 9.0}
-    write_per_image_csv(per_image_rows(references, hypotheses, cider), path)
-    return path
-
-
 def test_evaluation_adds_the_worst_images_by_cider(small_run, tmp_path):
-    evaluation = _evaluation_csv(tmp_path / "per_image.csv", small_run)
+    evaluation = write_evaluation_csv(tmp_path / "per_image.csv", small_run)
     images_dir = str(Path(small_run).parent.parent / "scenes" / "images")
     out = tmp_path / "report"
     build_report(

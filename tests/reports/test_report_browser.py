@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from captioning.reports.run_report import ReportOptions, build_report
+from tests.reports.conftest import write_evaluation_csv
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -48,8 +49,12 @@ def _cards(page) -> list[dict]:
 def test_report_works_in_headless_chromium(small_run, tmp_path, browser_page):
     page = browser_page
     # 4 + 4 + 4 of 17 captions: a sample, so the group selector is there too.
-    options = ReportOptions(lowest=4, highest=4, random=4, seed=1)
-    report = Path(build_report(small_run, str(tmp_path / "report"), options))
+    options = ReportOptions(lowest=4, highest=4, random=4, seed=1, worst=3)
+    evaluation = write_evaluation_csv(tmp_path / "per_image.csv", small_run)
+    images = str(Path(small_run).parent.parent / "scenes" / "images")
+    report = Path(
+        build_report(small_run, str(tmp_path / "report"), options, str(evaluation), images)
+    )
     problems, requests = [], []
     page.on("console", lambda m: m.type in ("error", "warning") and problems.append(m.text))
     page.on("pageerror", lambda error: problems.append(str(error)))
@@ -60,10 +65,11 @@ def test_report_works_in_headless_chromium(small_run, tmp_path, browser_page):
     assert problems == []
     assert requests and all(url.startswith(("file:", "data:")) for url in requests), requests
 
-    # Every gallery image decoded; the two unreadable ones are placeholders, not broken imgs.
-    images = page.eval_on_selector_all(
-        "#cards img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
-    )
+    # Every image decoded; the two unreadable ones are placeholders, not broken imgs.
+    decoded = "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+    images = page.eval_on_selector_all("#cards img", decoded)
+    worst = page.eval_on_selector_all("#evaluation img", decoded)
+    assert len(worst) == 3 and all(done and width > 0 for done, width, _ in worst)
     placeholders = page.locator("#cards .thumb.missing")
     cards = _cards(page)
     assert len(images) + placeholders.count() == len(cards) >= 8
