@@ -41,4 +41,5 @@ print(duckdb.sql(f"SELECT regexp_extract(image_uri, '[^/]+$') AS image, caption,
 print(duckdb.sql(f"SELECT regexp_extract(image_uri, '[^/]+$') AS image, stage, error_type, message FROM '{prefix}_errors-*.parquet'"))
 PY
 echo "the run's HTML report (opens from disk in any browser):" >&2
-captioning report --captions "$OUT/captions/run" --out "$OUT/report"
+captioning report --captions "$OUT/captions/run" --out "$OUT/report" \
+  --evaluation "$OUT/per_image.csv" --evaluation-images "$OUT/test_scenes/images"
