@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from captioning import storage
 from captioning.config import CaptionerConfig, captioner_config_from_dict, to_json
 from captioning.errors import BundleError
 from captioning.text.vocabulary import Vocabulary
@@ -68,10 +68,10 @@ def _model_id(file_hashes: dict[str, str]) -> str:
 
 def save_bundle(captioner, vocabulary: Vocabulary, config: CaptionerConfig, out_dir: str) -> str:
     """Write a bundle to ``out_dir`` (local or gs://) and return its model id."""
-    if str(out_dir).startswith("gs://"):
+    if storage.is_remote(out_dir):
         with tempfile.TemporaryDirectory() as local:
             model_id = save_bundle(captioner, vocabulary, config, local)
-            _copy_tree(local, str(out_dir))
+            storage.upload_tree(Path(local), str(out_dir))
             return model_id
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,9 +153,9 @@ def check_model_archive(model_file: Path) -> None:
 def load_bundle(path: str, precision: str | None = None) -> LoadedBundle:
     """Verify and load a bundle (local or gs://) under a precision policy
     (default: the bundle's own, ``generation.precision``)."""
-    if str(path).startswith("gs://"):
+    if storage.is_remote(path):
         local = tempfile.mkdtemp(prefix="captioning-bundle-")
-        _copy_tree(str(path), local)
+        storage.download_tree(str(path), Path(local))
         loaded = load_bundle(local, precision)
         loaded.path = str(path)
         return loaded
@@ -185,22 +185,3 @@ def load_bundle(path: str, precision: str | None = None) -> LoadedBundle:
     if not isinstance(model, Captioner):
         raise BundleError(f"model bundle {path} does not hold a Captioner")
     return LoadedBundle(model, vocabulary, config, model_id, str(path), policy)
-
-
-def _copy_tree(source: str, destination: str) -> None:
-    """Copy a flat bundle directory between local disk and gs:// with tf.io.gfile."""
-    import tensorflow as tf
-
-    if not source.startswith("gs://"):
-        for file in Path(source).iterdir():
-            tf.io.gfile.makedirs(destination)
-            tf.io.gfile.copy(str(file), f"{destination.rstrip('/')}/{file.name}", overwrite=True)
-        return
-    Path(destination).mkdir(parents=True, exist_ok=True)
-    for name in tf.io.gfile.listdir(source):
-        remote = f"{source.rstrip('/')}/{name}"
-        with (
-            tf.io.gfile.GFile(remote, "rb") as reader,
-            open(Path(destination) / name, "wb") as writer,
-        ):
-            shutil.copyfileobj(reader, writer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,3 +32,33 @@ def tiny_bundle(tmp_path_factory, scenes):
     config = dataclasses.replace(tiny(), epochs=1)
     result = train(str(scenes / "captions.csv"), str(scenes / "images"), str(out), config)
     return result.bundle
+
+
+GCS_BUCKET = "captioning-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    """A local GCS emulator (gcp-storage-emulator) on loopback; yields its bucket.
+    google-cloud-storage clients made while it runs talk to it."""
+    from gcp_storage_emulator.server import create_server
+
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=GCS_BUCKET)
+    server.start()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    patch.setenv("NO_GCE_CHECK", "true")  # no metadata-server probe for credentials
+    patch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+    from google.cloud import storage
+
+    client = storage.Client.create_anonymous_client()
+    yield client.bucket(GCS_BUCKET)
+    patch.undo()
+    server.stop()

@@ -1,41 +1,14 @@
 """gs:// for real: the google-cloud-storage client, through Beam's GCS filesystem, against a
-local GCS emulator (gcp-storage-emulator) on loopback, started and stopped here."""
+local GCS emulator (gcp-storage-emulator) on loopback: the `gcs` fixture in tests/conftest.py."""
 
 from __future__ import annotations
 
 import io
-import socket
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
-BUCKET = "captioning-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-    from gcp_storage_emulator.server import create_server
-
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    patch = pytest.MonkeyPatch()
-    patch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    patch.setenv("NO_GCE_CHECK", "true")  # no metadata-server probe for credentials
-    patch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
-    from google.cloud import storage
-
-    client = storage.Client.create_anonymous_client()
-    yield client.bucket(BUCKET)
-    patch.undo()
-    server.stop()
+from tests.conftest import GCS_BUCKET as BUCKET
 
 
 def _upload_dir(bucket, local: Path, prefix: str) -> None:
