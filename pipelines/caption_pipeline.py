@@ -4,7 +4,9 @@
          \\_____________________________\\______________\\_______________\\-> WriteErrors
 
 Run it with ``captioning caption`` or ``python -m pipelines.caption_pipeline``;
-tests call ``run(argv, test_pipeline=TestPipeline(...))``.
+tests call ``run(argv, test_pipeline=TestPipeline(...))``. ``--dry_run`` builds the
+pipeline and describes the job instead of running it (for DataflowRunner: the real
+Dataflow job description, made offline; see ``pipelines.dataflow_job``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,15 +22,27 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+    TestOptions,
+)
 
 from captioning.config import captioner_config_from_dict
 from captioning.errors import UserError
 from pipelines.bundle_staging import read_model_id
 from pipelines.caption_images import CaptionImages
 from pipelines.caption_model_handler import CaptionModelHandler
+from pipelines.dataflow_gpu import apply_gpu_worker_defaults
+from pipelines.dataflow_job import (
+    check_offline_locations,
+    describe_dataflow_job,
+    describe_local_job,
+    runs_on_dataflow,
+)
 from pipelines.decode_images import DecodeImages
-from pipelines.options import CaptionOptions
+from pipelines.options import CaptionOptions, normalize_dry_run
 from pipelines.read_images import ListInputs, ReadImages
 from pipelines.run_summary import build_summary, counters, write_summary
 from pipelines.skip_existing import SkipExisting
@@ -139,27 +154,79 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
     )
 
 
-def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
-    """Run the caption job; returns the run summary (also written as PREFIX_summary.json)."""
-    options = PipelineOptions(argv)
-    job = resolve_job(options.view_as(CaptionOptions))
-    all_options = options.get_all_options()
-    if all_options.get("dry_run"):
-        spec = {
+def _new_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    try:
+        return beam.Pipeline(options=options)
+    except ValueError as error:
+        # Beam validates the runner's options here (project, region, locations...).
+        if str(error).startswith("Pipeline has validations errors"):
+            raise UserError(" ".join(str(error).split())) from None
+        raise
+
+
+def _dry_run(job: CaptionJob, options: PipelineOptions, gpu_defaults: dict) -> dict:
+    pipeline = _new_pipeline(options)
+    build_pipeline(pipeline, job)
+    describe = describe_dataflow_job if runs_on_dataflow(options) else describe_local_job
+    spec = {
+        "captioning": {
             "run_id": job.run_id,
             "model_id": job.model_id,
             "precision": job.precision,
-            "options": {k: v for k, v in all_options.items() if v is not None},
-        }
-        if job.options.job_spec_out:
-            with open(job.options.job_spec_out, "w") as handle:
-                json.dump(spec, handle, indent=2, default=str)
+            "max_batch_size": job.max_batch_size,
+            "skip_existing": job.skip_existing,
+            "gpu_settings_filled_in": gpu_defaults,
+        },
+        **describe(pipeline, options),
+    }
+    path = job.options.job_spec_out
+    if not path:
         return spec
+    with FileSystems.create(path, mime_type="application/json") as handle:
+        handle.write(json.dumps(spec, indent=2, default=str).encode())
+    return {
+        "dry_run": True,
+        "job_spec": path,
+        "job_name": spec.get("job", {}).get("name"),
+        "pipeline_steps": spec["pipeline_steps"],
+        **spec["captioning"],
+    }
+
+
+def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
+    """Run the caption job; returns the run summary (also written as PREFIX_summary.json).
+
+    With ``--dry_run`` nothing runs: it returns the job description
+    (``pipelines.dataflow_job``), or writes it to ``--job-spec-out``. A Dataflow launch
+    that only writes a template (``--template_location``, which is how a flex template
+    launcher submits) or does not wait (``--no_wait_until_finish``) returns the job's
+    identity instead of a summary; the counters are then in the Dataflow job.
+    """
+    options = PipelineOptions(normalize_dry_run(sys.argv[1:] if argv is None else argv))
+    caption_options = options.view_as(CaptionOptions)
+    dry_run = bool(options.view_as(TestOptions).dry_run)
+    if caption_options.job_spec_out and not dry_run:
+        raise UserError("--job-spec-out goes with --dry_run")
+    on_dataflow = runs_on_dataflow(options)
+    gpu_defaults = apply_gpu_worker_defaults(options) if on_dataflow and caption_options.gpu else {}
+    if on_dataflow and dry_run:
+        check_offline_locations(options)
+    job = resolve_job(caption_options)
+    if dry_run:
+        return _dry_run(job, options, gpu_defaults)
     log.info("caption run %s: model %s, precision %s", job.run_id, job.model_id, job.precision)
+    if gpu_defaults:
+        log.info("GPU worker settings filled in: %s", gpu_defaults)
     started = time.monotonic()
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    pipeline = test_pipeline or _new_pipeline(options)
     build_pipeline(pipeline, job)
     result = pipeline.run()
+    identity = {"run_id": job.run_id, "model_id": job.model_id, "output": job.options.output}
+    template = options.view_as(GoogleCloudOptions).template_location
+    if on_dataflow and template:
+        return {**identity, "template_location": template}
+    if on_dataflow and options.view_as(StandardOptions).no_wait_until_finish:
+        return {**identity, "job_id": result.job_id(), "state": str(result.state)}
     result.wait_until_finish()
     summary = build_summary(
         counters(result),

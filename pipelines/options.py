@@ -1,8 +1,65 @@
-"""Pipeline options of the caption job; every other Beam/Dataflow option passes through."""
+"""Pipeline options of the caption job; every other Beam/Dataflow option passes through.
+
+Yes/no options take an optional value (``--gpu``, ``--gpu=true``, ``--gpu=false``)
+because a Dataflow flex template passes every parameter as ``--name=value``.
+"""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
+
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from captioning.errors import UserError
+
+TRUE_WORDS = ("true", "yes", "1")
+FALSE_WORDS = ("false", "no", "0")
+
+
+def parse_yes_no(text: str) -> bool:
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_yes_no(parser, *names: str, dest: str, help: str) -> None:
+    parser.add_argument(
+        *names, dest=dest, nargs="?", const=True, default=False, type=parse_yes_no, help=help
+    )
+
+
+def normalize_dry_run(argv: Sequence[str]) -> list[str]:
+    """Beam's own ``--dry_run`` needs a value and takes any non-empty one as true
+    ("--dry_run False" included). Here a bare ``--dry_run`` means true and
+    ``--dry_run=false`` really means false; either way Beam gets ``--dry_run=True`` or
+    nothing."""
+    result: list[str] = []
+    args = list(argv)
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if arg != "--dry_run" and not arg.startswith("--dry_run="):
+            result.append(arg)
+            continue
+        if "=" in arg:
+            value = arg.split("=", 1)[1]
+        elif index < len(args) and not args[index].startswith("-"):
+            value = args[index]
+            index += 1
+        else:
+            value = "true"
+        try:
+            dry = parse_yes_no(value)
+        except argparse.ArgumentTypeError as error:
+            raise UserError(f"--dry_run: {error}") from None
+        if dry:
+            result.append("--dry_run=True")
+    return result
 
 
 class CaptionOptions(PipelineOptions):
@@ -27,18 +84,20 @@ class CaptionOptions(PipelineOptions):
             "PREFIX_errors-*.parquet, the run summary to PREFIX_summary.json",
         )
         parser.add_argument("--model", help="model bundle directory (local or gs://)")
-        parser.add_argument(
+        _add_yes_no(
+            parser,
             "--skip-existing",
             "--skip_existing",
             dest="skip_existing",
-            action="store_true",
             help="leave out URIs already in the captions under --output (incremental runs)",
         )
-        parser.add_argument(
+        _add_yes_no(
+            parser,
             "--gpu",
-            action="store_true",
+            dest="gpu",
             help="GPU workers: one model per GPU shared by the SDK processes, auto precision, "
-            "larger batches",
+            "larger batches; with DataflowRunner also the GPU worker settings of "
+            "pipelines.dataflow_gpu (each only where not given)",
         )
         parser.add_argument(
             "--beam-width",
@@ -83,5 +142,6 @@ class CaptionOptions(PipelineOptions):
             "--job-spec-out",
             "--job_spec_out",
             dest="job_spec_out",
-            help="with --dry_run: write the resolved job spec (JSON) here instead of running",
+            help="with --dry_run: write the job description (JSON) here instead of running; "
+            "with DataflowRunner it is the Dataflow job Beam would submit, made offline",
         )

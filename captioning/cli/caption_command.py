@@ -25,18 +25,36 @@ required:
 
 options:
   --skip-existing         only caption URIs not already in PREFIX-*.parquet
-  --gpu                   GPU workers: shared model per GPU, auto precision, batches of 128
+  --gpu                   GPU workers: shared model per GPU, auto precision, batches of 128.
+                          With --runner DataflowRunner it also fills in what you did not give:
+                            --experiments use_runner_v2
+                            --dataflow_service_options
+                              "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+                            --machine_type g2-standard-8   --disk_size_gb 50
+                          and needs --sdk_container_image IMAGE (deploy/dataflow/Dockerfile)
   --beam-width K          beams per image (1 = greedy; default: the bundle's)
   --min-batch-size N      (default 8)   --max-batch-size N (default 64; 128 with --gpu)
   --precision P           auto | float32 | mixed_bfloat16 | mixed_float16
                           (default: the bundle's, normally auto = bf16 where supported)
   --decode-timeout S      seconds per image decode before it becomes an error (default 30)
   --no-decode-isolation   decode in the worker process instead of a guarded subprocess
-  --dry_run --job-spec-out FILE   write the resolved job spec instead of running
+  --dry_run [--job-spec-out FILE]
+                          build the pipeline but run nothing; print the job description (or
+                          write it to FILE). With DataflowRunner it is the Dataflow job Beam
+                          would submit (worker pool, container image, service options,
+                          experiments, the pipeline proto and its steps), made with no
+                          credentials and no network, nothing staged; it needs --project,
+                          --region and a gs:// --temp_location, as a real launch does. Files
+                          read while the pipeline is built (the bundle's config, a manifest,
+                          earlier captions for --skip-existing) must still be readable, so
+                          use local paths to stay offline.
+
+Yes/no flags also take a value (--gpu=true, --skip_existing=false, --dry_run=false), the
+way a Dataflow flex template passes them.
 
 Beam options pass through, e.g. --runner DirectRunner (default) --direct_num_workers 2
 --direct_running_mode multi_processing, or --runner DataflowRunner --project P --region R
---temp_location gs://... --sdk_container_image IMAGE.
+--temp_location gs://... --sdk_container_image IMAGE --max_num_workers N.
 """
 
 
