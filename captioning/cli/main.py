@@ -16,6 +16,7 @@ from captioning.cli import (
     caption_command,
     evaluate_command,
     explain_command,
+    features_command,
     predict_command,
     report_command,
     synth_command,
@@ -26,6 +27,7 @@ from captioning.errors import UserError
 COMMANDS = (
     synth_command,
     train_command,
+    features_command,
     caption_command,
     predict_command,
     evaluate_command,

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
         required=True,
         help="captions file (COCO/Karpathy JSON, Flickr8k token file, or CSV with image,caption)",
     )
-    parser.add_argument("--images", required=True, help="directory holding the images")
+    parser.add_argument("--images", help="directory holding the images (optional with --features)")
     parser.add_argument("--out", required=True, help="bundle directory to write")
     parser.add_argument(
         "--format",
@@ -82,6 +82,12 @@ def add_parser(subparsers) -> None:
         "--feature-cache",
         help="directory for cached backbone features (default: RUN_DIR/feature_cache)",
     )
+    parser.add_argument(
+        "--features",
+        metavar="PREFIX",
+        help="train from the shards of `captioning features --output PREFIX` (frozen backbone; "
+        "image and backbone settings come from PREFIX_features.json)",
+    )
     parser.add_argument("--seed", type=int, help="seed for the train/val split and shuffling")
     parser.set_defaults(run=run)
 
@@ -130,8 +136,28 @@ def resolve_config(args: argparse.Namespace):
     return dataclasses.replace(config, captioner=captioner, **given)
 
 
+def _for_features(args: argparse.Namespace, config):
+    """``config`` with a frozen backbone, once the flags are checked against the features."""
+    from captioning.errors import UserError
+    from captioning.training.feature_spec import read_spec
+
+    if args.trainable_backbone:
+        raise UserError("--features means a frozen backbone; drop --trainable-backbone")
+    clashes = read_spec(args.features).contradictions(
+        args.image_size, args.normalization, args.backbone_weights
+    )
+    if clashes:
+        raise UserError(f"--features {args.features} was made otherwise: {'; '.join(clashes)}")
+    encoder = dataclasses.replace(config.captioner.encoder, trainable=False)
+    return dataclasses.replace(
+        config, captioner=dataclasses.replace(config.captioner, encoder=encoder)
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     config = resolve_config(args)
+    if args.features:
+        config = _for_features(args, config)
     from captioning.training.strategy import split_cpu
 
     split_cpu(args.cpu_replicas)
@@ -146,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         strategy_kind=args.strategy,
         run_dir=args.run_dir,
         feature_cache_dir=args.feature_cache,
+        features=args.features,
     )
     print(
         json.dumps(

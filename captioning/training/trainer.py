@@ -31,6 +31,7 @@ from captioning.precision import dtype_policy, resolve_precision
 from captioning.text.vocabulary import Vocabulary
 from captioning.training import input_pipeline
 from captioning.training.example_cache import build_cache
+from captioning.training.feature_shards import open_feature_shards
 from captioning.training.progress import ProgressLogger
 from captioning.training.strategy import make_strategy
 
@@ -105,13 +106,14 @@ def _require_splits(data: CaptionSet) -> tuple[dict[str, list[str]], dict[str, l
 
 def train(
     captions: str,
-    images: str,
+    images: str | None,
     out: str,
     config: TrainConfig,
     format: str | None = None,
     strategy_kind: str = "auto",
     run_dir: str | None = None,
     feature_cache_dir: str | None = None,
+    features: str | None = None,
 ) -> TrainResult:
     started = time.monotonic()
     run = Path(run_dir or f"{out.rstrip('/')}.run")
@@ -141,7 +143,16 @@ def train(
         "strategy %s: %d replica(s), precision %s", type(strategy).__name__, replicas, precision
     )
 
-    image_dir = Path(images)
+    # Precomputed features (``captioning features``) replace the backbone pass; the
+    # images directory is then optional, and only filters captions of missing files.
+    shards = open_feature_shards(features) if features else None
+    if shards is None and images is None:
+        raise UserError("give the images directory, or --features PREFIX")
+    if shards is not None:
+        if config.captioner.encoder.trainable:
+            raise UserError("--features trains from frozen-backbone features; freeze the backbone")
+        config = dataclasses.replace(config, captioner=shards.spec.apply_to(config.captioner))
+    image_dir = Path(images) if images is not None else None
     frozen = not config.captioner.encoder.trainable
     cache_root = Path(feature_cache_dir or run / "cache")
     train_names, val_names = list(train_captions), list(val_captions)
@@ -157,7 +168,10 @@ def train(
     (run / "vocabulary.json").write_text(vocabulary.to_json())
 
     with dtype_policy(precision), strategy.scope():
-        model = build_captioner(config.captioner, vocabulary)
+        model = build_captioner(config.captioner, vocabulary, load_backbone_weights=shards is None)
+        if shards is not None:
+            # The backbone that computed the features, so the bundle captions consistently.
+            shards.load_backbone(model.encoder.backbone)
 
     # Epochs still to run: a resumed run's datasets are sized to what is left.
     remaining = config.epochs - _completed_epochs(run / "checkpoint")
@@ -170,7 +184,10 @@ def train(
         (train_names, train_captions, True),
         (val_names, val_captions, False),
     ):
-        cache = build_cache(kind, image_dir, names, config.captioner, cache_root, encode)
+        if shards is not None:
+            cache = shards.cache_for(names)
+        else:
+            cache = build_cache(kind, image_dir, names, config.captioner, cache_root, encode)
         tokens, counts = input_pipeline.encode_captions(captions_by_image, cache.images, vocabulary)
         datasets.append(
             input_pipeline.caption_batches(

@@ -1,0 +1,102 @@
+"""``captioning features``: frozen-backbone features of a captioned dataset, by a Beam job.
+
+``captioning train --features PREFIX`` then trains from the shards instead of
+running the backbone itself, so preprocessing a large training set is spread
+over Beam workers. Flags the command does not know pass through to Beam
+(``--runner``, ``--project``, ``--direct_num_workers``...), as for ``caption``.
+Beam is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+HELP = """\
+Compute the frozen InceptionV3 features of every image in a captions file (all splits)
+with a Beam pipeline, for `captioning train --features PREFIX`. Writes
+PREFIX_features.json (what made the features), PREFIX_backbone.weights.h5 (the backbone
+that made them; the trainer puts it into the bundle), PREFIX_features-<run>-*.tfrecord,
+PREFIX_index-<run>-*.txt and PREFIX_errors-<run>-*.parquet (one row per image without
+features, same table as the caption job's).
+
+Use the same --preset, --image-size and --backbone-weights you will train with.
+Beam options pass through, e.g. --runner DirectRunner --direct_num_workers 2
+--direct_running_mode multi_processing, or --runner DataflowRunner --project P --region R
+--temp_location gs://... --sdk_container_image IMAGE.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's own flags (shared with ``python -m pipelines.feature_pipeline``)."""
+    parser.add_argument(
+        "--captions",
+        required=True,
+        help="captions file (COCO/Karpathy JSON, Flickr8k token file, or CSV with image,caption)",
+    )
+    parser.add_argument(
+        "--images", required=True, help="directory holding the images (local or gs://)"
+    )
+    parser.add_argument("--output", required=True, help="output prefix (local or gs://)")
+    parser.add_argument(
+        "--format",
+        choices=("coco", "karpathy", "flickr8k", "csv"),
+        help="caption format (inferred from the file when omitted)",
+    )
+    parser.add_argument(
+        "--preset",
+        default="production",
+        choices=("production", "demo", "tiny"),
+        help="settings preset the features are for (image size, backbone cut and weights)",
+    )
+    parser.add_argument("--image-size", type=int, help="square input size in pixels (>= 75)")
+    parser.add_argument(
+        "--backbone-weights", help="imagenet | none | PATH of a local InceptionV3 weights file"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="dtype policy of the backbone (default: the preset's training precision; "
+        "auto = bf16 where the launching machine has it)",
+    )
+    parser.add_argument("--min-batch-size", type=int, default=8)
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument(
+        "--decode-timeout",
+        type=float,
+        default=30.0,
+        help="seconds one image may take to decode before it is an error",
+    )
+    parser.add_argument(
+        "--no-decode-isolation",
+        dest="decode_isolation",
+        action="store_false",
+        help="decode in the worker process itself instead of a guarded subprocess",
+    )
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "features",
+        help="compute frozen-backbone training features with a Beam pipeline",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # A Beam flag must never be taken for an abbreviation of ours.
+        allow_abbrev=False,
+        usage="captioning features --captions FILE --images DIR --output PREFIX [options] "
+        "[Beam options]",
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run, passthrough=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.feature_pipeline import run_features
+
+    summary = run_features(args, args.beam_args)
+    json.dump(summary, sys.stdout, indent=2, default=str)
+    print()
+    return 0

@@ -1,0 +1,53 @@
+"""WriteFeatures: (uri, features) -> sharded TFRecords of tf.train.Example, plus a name index.
+
+Records are keyed by the image's name relative to the images directory (the
+name in the captions file), which is how the trainer looks them up. The index
+(text, one name per line) lets the trainer check that every image it trains
+on has features without reading the shards themselves.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from captioning.training.feature_spec import (
+    feature_record,
+    image_name,
+    index_prefix,
+    shards_prefix,
+)
+
+
+def image_uri(images: str, name: str) -> str:
+    """Where the image ``name`` of the captions file lives (inverse: ``image_name``)."""
+    return FileSystems.join(images.rstrip("/"), name)
+
+
+class WriteFeatures(beam.PTransform):
+    def __init__(self, output: str, run_id: str, images: str) -> None:
+        super().__init__()
+        self.output = output
+        self.run_id = run_id
+        self.images = images
+
+    def expand(self, features):
+        images = self.images
+        named = features | "Name" >> beam.MapTuple(
+            lambda uri, values: (image_name(images, uri), values)
+        )
+        written = (
+            named
+            | "Serialize" >> beam.MapTuple(feature_record)
+            | "WriteToTFRecord"
+            >> beam.io.WriteToTFRecord(
+                shards_prefix(self.output, self.run_id), file_name_suffix=".tfrecord"
+            )
+        )
+        indexed = (
+            named
+            | "Names" >> beam.MapTuple(lambda name, _: name)
+            | "WriteIndex"
+            >> beam.io.WriteToText(index_prefix(self.output, self.run_id), file_name_suffix=".txt")
+        )
+        return (written, indexed) | "WrittenFiles" >> beam.Flatten()
