@@ -198,9 +198,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
     With ``--dry_run`` nothing runs: it returns the job description
     (``pipelines.dataflow_job``), or writes it to ``--job-spec-out``. A Dataflow launch
-    that only writes a template (``--template_location``, which is how a flex template
-    launcher submits) or does not wait (``--no_wait_until_finish``) returns the job's
-    identity instead of a summary; the counters are then in the Dataflow job.
+    that only writes a template (``--template_location``) or does not wait
+    (``--no_wait_until_finish``) returns the job's identity instead of a summary; the
+    counters are then in the Dataflow job's metrics.
     """
     options = PipelineOptions(normalize_dry_run(sys.argv[1:] if argv is None else argv))
     caption_options = options.view_as(CaptionOptions)
