@@ -114,4 +114,9 @@ def caption_batches(
     # Epochs are cut by steps_per_epoch, so one iterator serves the whole run instead of
     # a cold pipeline every epoch. A finite count lets that iterator run dry before it
     # is destroyed (tearing down a busy distributed iterator can hang in TF 2.21).
-    return batches.repeat(epochs).prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    # Multi-worker runs split batches by element: each worker builds the same pipeline
+    # and keeps its share of every global batch. (File sharding, the default, would
+    # starve workers when there are fewer cache shards than workers.)
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return batches.repeat(epochs).prefetch(AUTOTUNE).with_options(options)
