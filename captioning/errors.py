@@ -1,4 +1,5 @@
-"""Errors that mean "the user asked for something wrong": shown as one line, never a traceback."""
+"""Errors the CLI reports as one line, never a traceback: user mistakes, and a
+distributed run that lost a worker (which a restart resumes)."""
 
 
 class UserError(Exception):
@@ -7,3 +8,12 @@ class UserError(Exception):
 
 class BundleError(UserError):
     """A model bundle that cannot be used: missing, tampered with, or unsafe."""
+
+
+class WorkerLostError(Exception):
+    """A multi-worker run lost a peer (preempted or crashed). The CLI exits with
+    ``EXIT_RESTART`` so the platform restarts the job, which resumes from its checkpoint."""
+
+
+# EX_TEMPFAIL from sysexits.h: "a temporary failure; the user is invited to retry".
+EXIT_RESTART = 75

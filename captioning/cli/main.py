@@ -1,6 +1,7 @@
 """Entry point of the ``captioning`` console script.
 
-User mistakes (``UserError``) are printed as one line and exit with status 2;
+User mistakes (``UserError``) are printed as one line and exit with status 2; a
+multi-worker run that lost a peer exits with 75 (EX_TEMPFAIL) so the platform restarts it;
 anything else is a bug and keeps its traceback.
 """
 
@@ -22,7 +23,7 @@ from captioning.cli import (
     synth_command,
     train_command,
 )
-from captioning.errors import UserError
+from captioning.errors import EXIT_RESTART, UserError, WorkerLostError
 
 COMMANDS = (
     synth_command,
@@ -74,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"captioning {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except WorkerLostError as error:
+        print(f"captioning {args.command}: {error}", file=sys.stderr)
+        return EXIT_RESTART
     except KeyboardInterrupt:
         print(f"captioning {args.command}: interrupted", file=sys.stderr)
         return 130

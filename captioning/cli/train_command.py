@@ -66,8 +66,9 @@ def add_parser(subparsers) -> None:
         "--strategy",
         default="auto",
         choices=("auto", "mirrored", "multiworker", "one"),
-        help="tf.distribute strategy (auto: MultiWorker with TF_CONFIG, "
-        "else Mirrored over all GPUs or CPU devices)",
+        help="tf.distribute strategy (auto: MultiWorkerMirrored when TF_CONFIG describes "
+        "several tasks, as Vertex AI and Kubernetes set it; else Mirrored over all GPUs or "
+        "CPU devices; one device: the default strategy)",
     )
     parser.add_argument(
         "--cpu-replicas",
@@ -179,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
             {
                 "bundle": result.bundle,
                 "model_id": result.model_id,
+                "chief": result.is_chief,
+                "weights_fingerprint": result.weights_fingerprint,
                 "epochs_run": result.epochs_run,
                 "resumed_from": result.resumed_from,
                 "seconds": round(result.seconds, 1),

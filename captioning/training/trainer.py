@@ -10,6 +10,7 @@ epoch where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -25,27 +26,32 @@ from captioning.bundle import save_bundle
 from captioning.config import CaptionerConfig, TrainConfig, to_json
 from captioning.data.formats import read_captions
 from captioning.data.records import CaptionSet
-from captioning.errors import UserError
+from captioning.errors import UserError, WorkerLostError
 from captioning.models.captioner import Captioner
 from captioning.precision import dtype_policy, resolve_precision
 from captioning.text.vocabulary import Vocabulary
 from captioning.training import input_pipeline
+from captioning.training.checkpoint import SharedBackupAndRestore, completed_epochs
 from captioning.training.example_cache import build_cache
 from captioning.training.feature_shards import open_feature_shards
+from captioning.training.history import HISTORY_CSV, HISTORY_PNG, plot_history
 from captioning.training.progress import ProgressLogger
-from captioning.training.strategy import make_strategy
+from captioning.training.run_directory import RunDirectory, SyncRunDirectory
+from captioning.training.strategy import make_strategy, worker_role
 
 log = logging.getLogger("captioning.train")
 
 
 @dataclass
 class TrainResult:
-    bundle: str
+    bundle: str | None  # None on workers other than the chief
     model_id: str
     history: dict[str, list[float]]
     epochs_run: int
     resumed_from: dict | None
     seconds: float
+    weights_fingerprint: str
+    is_chief: bool = True
 
 
 def build_captioner(
@@ -116,8 +122,8 @@ def train(
     features: str | None = None,
 ) -> TrainResult:
     started = time.monotonic()
-    run = Path(run_dir or f"{out.rstrip('/')}.run")
-    run.mkdir(parents=True, exist_ok=True)
+    # Reproducible initial weights (and identical ones on every worker of a cluster).
+    keras.utils.set_random_seed(config.seed)
     data = read_captions(
         captions, images, format, seed=config.seed, val_fraction=config.val_fraction
     )
@@ -136,11 +142,21 @@ def train(
         vocabulary.max_length,
     )
     strategy = make_strategy(strategy_kind)
+    role = worker_role(strategy)
+    multi_worker = role.task_type is not None
+    # Only the chief writes the run directory and the bundle; other workers of a
+    # multi-worker run write their own files to a scratch directory removed at the end.
+    run = RunDirectory(run_dir or f"{out.rstrip('/')}.run", role)
+    work = run.local
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     precision = resolve_precision(config.precision)
     log.info(
-        "strategy %s: %d replica(s), precision %s", type(strategy).__name__, replicas, precision
+        "strategy %s: %d replica(s), %s, precision %s",
+        type(strategy).__name__,
+        replicas,
+        role.name,
+        precision,
     )
 
     # Precomputed features (``captioning features``) replace the backbone pass; the
@@ -154,7 +170,9 @@ def train(
         config = dataclasses.replace(config, captioner=shards.spec.apply_to(config.captioner))
     image_dir = Path(images) if images is not None else None
     frozen = not config.captioner.encoder.trainable
-    cache_root = Path(feature_cache_dir or run / "cache")
+    cache_root = Path(feature_cache_dir or work / "cache")
+    if feature_cache_dir and not role.is_chief:
+        cache_root = cache_root / role.name
     train_names, val_names = list(train_captions), list(val_captions)
     if config.captioner.image.normalization == "dataset" and config.captioner.image.mean is None:
         pixels = build_cache("pixels", image_dir, train_names, config.captioner, cache_root)
@@ -164,8 +182,8 @@ def train(
             config, captioner=dataclasses.replace(config.captioner, image=image)
         )
         log.info("dataset normalisation: mean %s std %s", np.round(mean, 1), np.round(std, 1))
-    (run / "train_config.json").write_text(to_json(config))
-    (run / "vocabulary.json").write_text(vocabulary.to_json())
+    (work / "train_config.json").write_text(to_json(config))
+    (work / "vocabulary.json").write_text(vocabulary.to_json())
 
     with dtype_policy(precision), strategy.scope():
         model = build_captioner(config.captioner, vocabulary, load_backbone_weights=shards is None)
@@ -174,7 +192,7 @@ def train(
             shards.load_backbone(model.encoder.backbone)
 
     # Epochs still to run: a resumed run's datasets are sized to what is left.
-    remaining = config.epochs - _completed_epochs(run / "checkpoint")
+    remaining = config.epochs - completed_epochs(str(run.checkpoint_dir))
     kind = "features" if frozen else "pixels"
     encode = (
         (lambda batch: model.encoder.backbone_features(batch, training=False)) if frozen else None
@@ -201,9 +219,10 @@ def train(
                 vocabulary=vocabulary,
                 in_memory=config.image_cache == "memory",
                 seed=config.seed,
-                # Keras restarts the validation iterator every epoch, so it gets one
-                # pass that runs dry; the training iterator lives for the whole run.
-                epochs=max(remaining, 1) if training else 1,
+                # The training iterator lives for the whole run. With one replica Keras
+                # restarts the validation iterator every epoch, so it gets one pass that
+                # runs dry; a distributed iterator is kept across epochs, so it repeats.
+                epochs=max(remaining, 1) if training else (None if replicas > 1 else 1),
             )
         )
         if training:
@@ -220,14 +239,17 @@ def train(
     with dtype_policy(precision), strategy.scope():
         compile_captioner(model, config, steps_per_epoch)
 
-    progress = ProgressLogger(config.epochs, steps_per_epoch, global_batch, run)
+    progress = ProgressLogger(config.epochs, steps_per_epoch, global_batch, work)
     callbacks = [
         # The per-epoch checkpoint: weights, optimizer state and epoch. First, so it is
-        # restored before anything else looks. Kept after the run, so rerunning a
-        # finished command only re-exports the bundle instead of training again.
-        keras.callbacks.BackupAndRestore(str(run / "checkpoint"), delete_checkpoint=False),
-        keras.callbacks.TensorBoard(str(run / "tensorboard"), update_freq=50),
+        # restored before anything else looks. Every worker restores it; the chief writes.
+        SharedBackupAndRestore(str(run.checkpoint_dir), is_chief=role.is_chief),
+        keras.callbacks.TensorBoard(str(work / "tensorboard"), update_freq=50),
+        # Appends, so a resumed run extends the curves of the run it resumes.
+        keras.callbacks.CSVLogger(str(work / HISTORY_CSV), append=True),
         progress,
+        # Last, so a gs:// run uploads the checkpoint and logs this epoch just wrote.
+        SyncRunDirectory(run),
     ]
     if config.early_stopping_patience > 0:
         callbacks.append(
@@ -238,40 +260,69 @@ def train(
                 verbose=0,
             )
         )
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        steps_per_epoch=steps_per_epoch,
-        validation_steps=validation_steps,
-        callbacks=callbacks,
-        verbose=0,
-        shuffle=False,  # the dataset shuffles itself; this only silences Keras' warning
-    )
-    model_id = save_bundle(model, vocabulary, config.captioner, out)
+    try:
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_steps=validation_steps,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=False,  # the dataset shuffles itself; this only silences Keras' warning
+        )
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as error:
+        if not multi_worker:
+            raise
+        # A peer was preempted or crashed: collectives cannot finish without it. Every
+        # worker stops; a restarted job resumes from the chief's last checkpoint.
+        done = completed_epochs(str(run.checkpoint_dir))
+        first_line = str(error).strip().splitlines()[0][:200]
+        raise WorkerLostError(
+            f"{role.name} lost contact with the cluster ({first_line}); restart the job "
+            f"to resume from the checkpoint after epoch {done}"
+        ) from None
+    fingerprint = weights_fingerprint(model)
+    # Every worker saves (saving may read distributed variables collectively), but only
+    # the chief's copy is the bundle; the others go to scratch and are removed.
+    bundle_dir = out if role.is_chief else str(work / "bundle")
+    model_id = save_bundle(model, vocabulary, config.captioner, bundle_dir)
+    if (work / HISTORY_CSV).is_file():
+        plot_history(work / HISTORY_CSV, work / HISTORY_PNG)
     summary = {
-        "bundle": out,
+        "bundle": out if role.is_chief else None,
         "model_id": model_id,
+        "task": role.name,
+        "weights_fingerprint": fingerprint,
         "epochs_run": len(history.epoch),
         "resumed_from": progress.resumed_from,
         "history": history.history,
         "seconds": round(time.monotonic() - started, 1),
     }
-    (run / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    log.info("wrote bundle %s (model id %s)", out, model_id)
+    (work / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    run.close()
+    if role.is_chief:
+        log.info("wrote bundle %s (model id %s)", out, model_id)
     return TrainResult(
-        out,
+        out if role.is_chief else None,
         model_id,
         {k: [float(v) for v in vs] for k, vs in history.history.items()},
         len(history.epoch),
         progress.resumed_from,
         time.monotonic() - started,
+        fingerprint,
+        role.is_chief,
     )
 
 
-def _completed_epochs(checkpoint_dir: Path) -> int:
-    """Epochs recorded by BackupAndRestore's metadata (0 for a fresh run)."""
-    try:
-        return int(json.loads((checkpoint_dir / "training_metadata.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
+def weights_fingerprint(model: keras.Model) -> str:
+    """sha256 over every weight's shape and values, in the model's own order: equal on
+    two workers, or for a model and its reloaded bundle, only if they hold the same
+    weights. (Variable paths are left out: the backbone's come from Keras' process-wide
+    name counters, so they differ between processes that built other models first.)"""
+    digest = hashlib.sha256()
+    for value in model.get_weights():
+        value = np.ascontiguousarray(value)
+        digest.update(f"{value.shape}:{value.dtype}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:32]

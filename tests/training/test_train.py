@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from captioning.bundle import load_bundle
+from captioning.training.history import HISTORY_CSV, HISTORY_PNG, read_history
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -42,6 +44,11 @@ def test_tiny_bundle_captions_images(tiny_bundle, scenes):
     run = Path(tiny_bundle + ".run")
     assert json.loads((run / "train_config.json").read_text())["epochs"] == 1
     assert any((run / "tensorboard").rglob("events.out.tfevents*"))
+    # Training curves beside the bundle: the per-epoch CSV and its plot.
+    history = read_history(run / HISTORY_CSV)
+    assert history["epoch"] == [0.0] and {"loss", "val_loss"} <= set(history)
+    with Image.open(run / HISTORY_PNG) as plot:
+        assert plot.format == "PNG" and plot.width > 300
 
 
 def test_killed_training_resumes_from_its_checkpoint(scenes, tmp_path):
