@@ -115,8 +115,10 @@ class TrainConfig:
     seed: int = 0
     # "float32", "mixed_bfloat16", "mixed_float16", or "auto" (bf16 where the device has it).
     precision: str = "float32"
-    # "memory" keeps decoded training images in RAM; "none" decodes every epoch.
-    image_cache: str = "memory"
+    # Where epochs after the first read the cached examples (decoded pixels or backbone
+    # features) from: "memory" (RAM), "disk" (stream the TFRecord shards every epoch, for
+    # datasets larger than RAM), or "auto": RAM when they fit in a quarter of it.
+    image_cache: str = "auto"
     steps_per_execution: int = 1
 
 

@@ -89,6 +89,12 @@ def add_parser(subparsers) -> None:
         help="train from the shards of `captioning features --output PREFIX` (frozen backbone; "
         "image and backbone settings come from PREFIX_features.json)",
     )
+    parser.add_argument(
+        "--example-cache",
+        choices=("auto", "memory", "disk"),
+        help="where later epochs read the cached examples from: memory, disk (streamed, for "
+        "datasets larger than RAM), or auto (default: memory when they fit in a quarter of it)",
+    )
     parser.add_argument("--seed", type=int, help="seed for the train/val split and shuffling")
     parser.set_defaults(run=run)
 
@@ -129,6 +135,7 @@ def resolve_config(args: argparse.Namespace):
         "learning_rate": args.learning_rate,
         "precision": args.precision,
         "seed": args.seed,
+        "image_cache": args.example_cache,
     }
     for name in ("epochs", "batch_size"):
         if overrides[name] is not None and overrides[name] < 1:

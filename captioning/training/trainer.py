@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,7 @@ def train(
                 inputs_key="features" if frozen else "images",
                 augment_config=config.augment,
                 vocabulary=vocabulary,
-                in_memory=config.image_cache == "memory",
+                in_memory=_keep_in_memory(config.image_cache, cache, training),
                 seed=config.seed,
                 # The training iterator lives for the whole run. With one replica Keras
                 # restarts the validation iterator every epoch, so it gets one pass that
@@ -313,6 +314,21 @@ def train(
         fingerprint,
         role.is_chief,
     )
+
+
+def _keep_in_memory(policy: str, cache, training: bool) -> bool:
+    if policy in ("memory", "disk"):
+        return policy == "memory"
+    size = len(cache.images) * math.prod(cache.shape) * np.dtype(cache.dtype).itemsize
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    fits = size <= ram // 4
+    if training:
+        log.info(
+            "training examples: %.1f GB, %s",
+            size / 1e9,
+            "kept in memory" if fits else "streamed from disk every epoch (more than RAM/4)",
+        )
+    return fits
 
 
 def weights_fingerprint(model: keras.Model) -> str:

@@ -110,3 +110,19 @@ def test_frozen_backbone_features_are_cached_and_reused(scenes, tmp_path):
     assert "computing features" in runs[0]
     assert "features cache hit" in runs[1] and "computing features" not in runs[1]
     assert len(list(cache.iterdir())) == 2  # train and val
+
+
+def test_examples_stay_in_memory_only_when_they_fit():
+    from types import SimpleNamespace
+
+    from captioning.training.trainer import _keep_in_memory
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    small = SimpleNamespace(images=["a"] * 10, shape=(8, 8, 16), dtype="float16")
+    # One more 8x8x2048 float16 feature grid (256 KiB, InceptionV3 at 299 px) than fits in RAM/4.
+    huge = SimpleNamespace(images=["a"] * (ram // (4 * 8 * 8 * 2048 * 2) + 1), shape=(8, 8, 2048))
+    huge.dtype = "float16"
+    assert _keep_in_memory("auto", small, True)
+    assert not _keep_in_memory("auto", huge, True)
+    assert _keep_in_memory("memory", huge, True)
+    assert not _keep_in_memory("disk", small, False)
