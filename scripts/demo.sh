@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The offline demo, end to end: synthetic scenes -> train (demo preset) -> evaluate on
-# fresh scenes -> caption a fresh folder with the Beam pipeline. About 15 minutes on
-# 2 CPU cores. Output in ./demo/ (or the directory given as $1).
+# fresh scenes, with an attention figure -> caption a fresh folder with the Beam pipeline
+# -> its HTML report. About 15 minutes on 2 CPU cores. Output in ./demo/ (or the
+# directory given as $1).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
@@ -15,6 +16,7 @@ captioning synth --out "$OUT/train_scenes" --count 3000 --seed 1
 step "2/5 train with --preset demo (backbone from scratch, 112 px)"
 time captioning train --captions "$OUT/train_scenes/captions.csv" \
   --images "$OUT/train_scenes/images" --out "$OUT/bundle" --preset demo
+echo "training curves: $OUT/bundle.run/history.png (per epoch: $OUT/bundle.run/history.csv)" >&2
 
 step "3/5 evaluate on 300 fresh scenes (seed 2)"
 captioning synth --out "$OUT/test_scenes" --count 300 --seed 2

@@ -10,7 +10,7 @@ import pytest
 from captioning.cli.main import main
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-COMMANDS = ["synth", "train", "caption", "predict", "evaluate"]
+COMMANDS = ["synth", "train", "features", "caption", "predict", "evaluate", "explain", "report"]
 
 
 def _run(*args, timeout=300):
