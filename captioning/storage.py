@@ -8,8 +8,11 @@ so these copies do not use it.
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 from pathlib import Path
+from typing import BinaryIO
 
 SCHEME = "gs://"
 
@@ -88,3 +91,43 @@ def download_file(uri: str, local: Path) -> bool:
         Path(local).unlink(missing_ok=True)
         return False
     return True
+
+
+def glob(pattern: str) -> list[str]:
+    """Sorted ``gs://`` URIs matching ``pattern`` (``*``, ``?`` and ``[...]`` as in fnmatch,
+    ``*`` also crossing ``/``); objects are listed from the prefix before the first wildcard."""
+    bucket_name, name_pattern = _split(pattern)
+    literal = re.split(r"[*?\[]", name_pattern, maxsplit=1)[0]
+    blobs = _client().list_blobs(bucket_name, prefix=literal or None)
+    return sorted(
+        f"{SCHEME}{bucket_name}/{blob.name}"
+        for blob in blobs
+        if fnmatch.fnmatchcase(blob.name, name_pattern)
+    )
+
+
+def exists(uri: str) -> bool:
+    bucket_name, name = _split(uri)
+    return _client().bucket(bucket_name).blob(name).exists()
+
+
+def read_bytes(uri: str) -> bytes:
+    """The object's bytes; ``FileNotFoundError`` when there is none."""
+    from google.api_core.exceptions import NotFound
+
+    bucket_name, name = _split(uri)
+    try:
+        return _client().bucket(bucket_name).blob(name).download_as_bytes()
+    except NotFound:
+        raise FileNotFoundError(uri) from None
+
+
+def write_bytes(uri: str, data: bytes, content_type: str | None = None) -> None:
+    bucket_name, name = _split(uri)
+    _client().bucket(bucket_name).blob(name).upload_from_string(data, content_type=content_type)
+
+
+def open_binary(uri: str) -> BinaryIO:
+    """A seekable binary reader that fetches ranges on demand (Parquet footers first)."""
+    bucket_name, name = _split(uri)
+    return _client().bucket(bucket_name).blob(name).open("rb")

@@ -46,7 +46,7 @@ def read_worst(path: str, count: int, images_dir: str | None = None) -> Evaluati
     """The ``count`` rows with the lowest CIDEr; relative image names are under ``images_dir``."""
     try:
         text = storage.read_bytes(path).decode("utf-8-sig")
-    except Exception as error:  # noqa: BLE001 - gfile raises OSError or tf.errors.OpError
+    except Exception as error:  # noqa: BLE001 - OSError, or any google-api-core error for gs://
         raise UserError(f"cannot read evaluation file {path}: {error}") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = [name for name in PER_IMAGE_COLUMNS if name not in (reader.fieldnames or [])]

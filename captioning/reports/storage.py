@@ -1,94 +1,73 @@
-"""Report I/O through ``tf.io.gfile``, so local paths and ``gs://`` work alike.
+"""Report I/O for local paths (plain or ``file://``) and ``gs://`` alike.
 
-TensorFlow is imported on first use only: listing a local folder should not pay
-for it, but every caller that touches storage goes through these functions.
+``gs://`` goes through ``captioning.storage`` (the google-cloud-storage client, which the
+tests point at a local GCS emulator); local paths through the standard library.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
+import glob as local_glob
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from captioning import storage as cloud
 
-def _gfile():
-    import tensorflow as tf
-
-    return tf.io.gfile
+FILE_SCHEME = "file://"
 
 
 def is_remote(path: str) -> bool:
     return "://" in path
 
 
-def glob(pattern: str) -> list[str]:
-    """Sorted matches of ``pattern``; an unreadable or missing folder matches nothing."""
-    import tensorflow as tf
+def _local(path: str) -> str:
+    return path[len(FILE_SCHEME) :] if path.startswith(FILE_SCHEME) else path
 
-    try:
-        return sorted(tf.io.gfile.glob(pattern))
-    except tf.errors.NotFoundError:
-        return []
+
+def _check_scheme(path: str) -> None:
+    if is_remote(path) and not path.startswith(FILE_SCHEME) and not cloud.is_remote(path):
+        raise ValueError(f"{path}: only local paths, file:// and gs:// are supported")
+
+
+def glob(pattern: str) -> list[str]:
+    """Sorted matches of ``pattern``; a missing folder matches nothing."""
+    _check_scheme(pattern)
+    if cloud.is_remote(pattern):
+        return cloud.glob(pattern)
+    prefix = FILE_SCHEME if pattern.startswith(FILE_SCHEME) else ""
+    return sorted(prefix + match for match in local_glob.glob(_local(pattern)))
 
 
 def exists(path: str) -> bool:
-    return _gfile().exists(path)
+    _check_scheme(path)
+    return cloud.exists(path) if cloud.is_remote(path) else Path(_local(path)).exists()
 
 
 def read_bytes(path: str) -> bytes:
-    """The whole file; raises ``OSError`` (local) or ``tf.errors.OpError`` (remote)."""
-    with _gfile().GFile(path, "rb") as handle:
-        return handle.read()
+    """The whole file; raises ``OSError`` (``FileNotFoundError`` when it is missing)."""
+    _check_scheme(path)
+    return cloud.read_bytes(path) if cloud.is_remote(path) else Path(_local(path)).read_bytes()
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    parent = path.rsplit("/", 1)[0] if "/" in path else "."
-    _gfile().makedirs(parent)
-    with _gfile().GFile(path, "wb") as handle:
-        handle.write(data)
-
-
-class _GFileStream(io.RawIOBase):
-    """A GFile as a standard binary stream: pyarrow needs ``closed`` and ``readinto``."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self._handle = _gfile().GFile(path, "rb")
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._handle.seek(offset, whence)
-        return self._handle.tell()
-
-    def tell(self) -> int:
-        return self._handle.tell()
-
-    def readinto(self, buffer) -> int:
-        data = self._handle.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._handle.close()
-        super().close()
+    _check_scheme(path)
+    if cloud.is_remote(path):
+        cloud.write_bytes(path, data)
+        return
+    local = Path(_local(path))
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(data)
 
 
 @contextlib.contextmanager
 def open_parquet(path: str) -> Iterator[pq.ParquetFile]:
-    """A Parquet file opened for streaming (footer first, then one row group at a time).
-
-    Local files go through pyarrow's own reader; URIs (``gs://``) through ``tf.io.gfile``.
-    """
-    if not is_remote(path):
-        with pq.ParquetFile(path) as parquet:
+    """A Parquet file opened for streaming (footer first, then one row group at a time)."""
+    _check_scheme(path)
+    if not cloud.is_remote(path):
+        with pq.ParquetFile(_local(path)) as parquet:
             yield parquet
         return
-    with _GFileStream(path) as stream, pq.ParquetFile(stream) as parquet:
+    with cloud.open_binary(path) as stream, pq.ParquetFile(stream) as parquet:
         yield parquet

@@ -1,6 +1,6 @@
 """Small JPEG thumbnails of the images in a report, or the reason an image cannot be shown.
 
-Bytes are read through ``tf.io.gfile`` (local or ``gs://``) and decoded by the
+Bytes are read through ``captioning.reports.storage`` (local or ``gs://``) and decoded by the
 project's one decode path, so an image the pipeline refuses is refused here with
 the same error type. Reading runs in threads: the time goes to storage round
 trips and to Pillow, which releases the GIL while it decodes.
@@ -38,7 +38,7 @@ class Thumbnail:
 
 
 def _read_problem(error: Exception) -> str:
-    # tf.errors.OpError carries the useful text in .message; OSError in str().
+    # google-api-core errors carry the useful text in .message; OSError in str().
     message = getattr(error, "message", None) or str(error) or type(error).__name__
     return f"cannot read file: {message.strip().splitlines()[0]}"
 
@@ -46,7 +46,7 @@ def _read_problem(error: Exception) -> str:
 def make_thumbnail(uri: str, size: int = THUMBNAIL_PIXELS) -> Thumbnail:
     try:
         data = storage.read_bytes(uri)
-    except Exception as error:  # noqa: BLE001 - gfile raises OSError or any tf.errors.OpError
+    except Exception as error:  # noqa: BLE001 - OSError, or any google-api-core error for gs://
         return Thumbnail(None, problem=_read_problem(error))
     try:
         image, _ = open_image(data, MAX_PIXELS, draft_size=size)

@@ -11,6 +11,7 @@ import pytest
 from captioning.cli.main import main
 from captioning.errors import UserError
 from captioning.reports.run_report import ReportOptions, build_report
+from tests.conftest import GCS_BUCKET
 from tests.reports.conftest import caption_row, error_row, write_evaluation_csv, write_run
 
 
@@ -164,19 +165,32 @@ def test_cli_writes_the_report_and_prints_its_path(small_run, tmp_path, capsys):
     assert all(img["src"].startswith("thumbnails/") for img in page.find("img"))
 
 
-def test_uris_go_through_tf_gfile_like_gs_would(small_run, tmp_path):
-    """file:// URIs take the remote path (tf.io.gfile for listing, Parquet and writing);
-    TensorFlow's gs:// client has no emulator setting, so this is the nearest test here."""
+def test_a_run_on_gs_gives_the_same_report_written_to_gs(small_run, tmp_path, gcs):
+    """Tables, summary and report on gs:// (a local GCS emulator); images stay local."""
     local = _parse(Path(build_report(small_run, str(tmp_path / "local"))).read_text())
-    out = f"file://{tmp_path}/remote"
-    path = build_report(f"file://{small_run}", out, ReportOptions(thumbnails="files"))
+    run_dir = Path(small_run).parent
+    for path in run_dir.iterdir():
+        if path.is_file() and path.name.startswith(Path(small_run).name):
+            gcs.blob(f"runs/{path.name}").upload_from_filename(str(path))
+    prefix = f"gs://{GCS_BUCKET}/runs/{Path(small_run).name}"
+    out = f"gs://{GCS_BUCKET}/reports/r1"
+    path = build_report(prefix, out, ReportOptions(thumbnails="files"))
     assert path == f"{out}/index.html"
-    remote_html = (tmp_path / "remote" / "index.html").read_text()
+    remote_html = gcs.blob("reports/r1/index.html").download_as_text()
     remote = _parse(remote_html)
     assert [c["data-name"] for c in remote.find("figure", "card")] == [
         c["data-name"] for c in local.find("figure", "card")
     ]
     assert len(remote.find("img")) == 15 and "20260101T000000-abcdef" in remote_html
+    written = {blob.name for blob in gcs.client.list_blobs(GCS_BUCKET, prefix="reports/r1/")}
+    assert {f"reports/r1/{img['src']}" for img in remote.find("img")} <= written
+
+
+def test_file_uris_are_local_paths(small_run, tmp_path):
+    out = f"file://{tmp_path}/remote"
+    path = build_report(f"file://{small_run}", out, ReportOptions(thumbnails="files"))
+    assert path == f"{out}/index.html"
+    assert (tmp_path / "remote" / "index.html").is_file()
 
 
 def test_report_has_help(capsys):
