@@ -145,3 +145,27 @@ def worker_role(strategy: tf.distribute.Strategy) -> WorkerRole:
         task_type == "worker" and task_id == 0 and "chief" not in jobs
     )
     return WorkerRole(task_type, task_id, is_chief)
+
+
+def synchronize_batch_norm(model, enabled: bool = True) -> int:
+    """Switch every BatchNormalization layer of ``model`` to global-batch statistics
+    (Keras' ``synchronized``); returns how many layers there are.
+
+    With several replicas each one otherwise normalises over its own slice of the batch
+    and updates its own moving mean and variance, so the replicas' models drift apart and
+    the chief exports statistics of its share of the data alone. The flag is read when
+    the layer is called, so it can be set on a built model (and cleared before export).
+    """
+    import keras
+
+    def nested(layer):
+        for inner in getattr(layer, "layers", []):
+            yield inner
+            yield from nested(inner)
+
+    layers = [
+        layer for layer in nested(model) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    for layer in layers:
+        layer.synchronized = enabled
+    return len(layers)

@@ -38,7 +38,7 @@ from captioning.training.feature_shards import open_feature_shards
 from captioning.training.history import HISTORY_CSV, HISTORY_PNG, plot_history
 from captioning.training.progress import ProgressLogger
 from captioning.training.run_directory import RunDirectory, SyncRunDirectory
-from captioning.training.strategy import make_strategy, worker_role
+from captioning.training.strategy import make_strategy, synchronize_batch_norm, worker_role
 
 log = logging.getLogger("captioning.train")
 
@@ -192,6 +192,11 @@ def train(
             # The backbone that computed the features, so the bundle captions consistently.
             shards.load_backbone(model.encoder.backbone)
 
+    sync_batch_norm = replicas > 1 and config.captioner.encoder.trainable
+    if sync_batch_norm:
+        layers = synchronize_batch_norm(model.encoder.backbone)
+        log.info("batch normalisation over the global batch in %d backbone layers", layers)
+
     # Epochs still to run: a resumed run's datasets are sized to what is left.
     remaining = config.epochs - completed_epochs(str(run.checkpoint_dir))
     kind = "features" if frozen else "pixels"
@@ -283,6 +288,9 @@ def train(
             f"{role.name} lost contact with the cluster ({first_line}); restart the job "
             f"to resume from the checkpoint after epoch {done}"
         ) from None
+    if sync_batch_norm:
+        # The bundle is for inference on any number of devices.
+        synchronize_batch_norm(model.encoder.backbone, enabled=False)
     fingerprint = weights_fingerprint(model)
     # Every worker saves (saving may read distributed variables collectively), but only
     # the chief's copy is the bundle; the others go to scratch and are removed.

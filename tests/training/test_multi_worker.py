@@ -1,9 +1,9 @@
 """Multi-worker training for real: two ``captioning train`` processes on loopback ports,
 each told its place in the cluster by TF_CONFIG, under MultiWorkerMirroredStrategy.
 
-The model is the tiny preset with a frozen backbone (its features are cached per worker):
-the point here is the distribution (synchronised weights, the chief-only bundle, resuming
-after a lost worker), not the model.
+The model is the tiny preset: the point here is the distribution (synchronised weights,
+batch normalisation included; the chief-only bundle; resuming after a lost worker), not
+the model.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ class Cluster:
         self.ports = _free_ports(2)
         self.processes: list[subprocess.Popen] = []
 
-    def start(self, epochs: int) -> None:
+    def start(self, epochs: int, backbone: str = "--no-trainable-backbone") -> None:
         self.ports = _free_ports(2)
-        self.processes = [self._start(index, epochs) for index in range(2)]
+        self.processes = [self._start(index, epochs, backbone) for index in range(2)]
 
-    def _start(self, index: int, epochs: int) -> subprocess.Popen:
+    def _start(self, index: int, epochs: int, backbone: str) -> subprocess.Popen:
         tf_config = {
             "cluster": {"worker": [f"localhost:{port}" for port in self.ports]},
             "task": {"type": "worker", "index": index},
@@ -57,7 +57,7 @@ class Cluster:
             *(sys.executable, "-m", "captioning.cli.main", "train"),
             *("--captions", str(self.scenes / "captions.csv")),
             *("--images", str(self.scenes / "images"), "--out", str(self.out)),
-            *("--preset", "tiny", "--no-trainable-backbone", "--precision", "float32"),
+            *("--preset", "tiny", backbone, "--precision", "float32"),
             *("--epochs", str(epochs), "--batch-size", "4"),
         ]
         log = open(self.root / f"worker-{index}.log", "a")  # noqa: SIM115 - the process owns it
@@ -94,12 +94,14 @@ def test_two_workers_end_identical_and_only_the_chief_writes_the_bundle(cluster,
     from captioning.bundle import load_bundle
     from captioning.training.trainer import weights_fingerprint
 
-    cluster.start(epochs=2)
+    # The backbone trains too: its batch-norm statistics must stay in step across workers.
+    cluster.start(epochs=2, backbone="--trainable-backbone")
     chief, worker = cluster.wait()
 
     assert (chief["chief"], worker["chief"]) == (True, False)
     assert chief["epochs_run"] == worker["epochs_run"] == 2
-    # Gradients were all-reduced every step: both workers hold the same model.
+    # Gradients were all-reduced every step and batch norm used the global batch's
+    # statistics: both workers hold the same model.
     assert chief["weights_fingerprint"] == worker["weights_fingerprint"]
     # Only the chief wrote a bundle, and it holds exactly those weights.
     assert chief["bundle"] == str(cluster.out) and worker["bundle"] is None
