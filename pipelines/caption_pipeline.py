@@ -69,6 +69,7 @@ class CaptionJob:
     precision: str
     max_batch_size: int
     skip_existing: bool
+    offline: bool = False  # a dry run: remote outputs are not looked at
 
 
 def _bundle_config(model: str) -> dict[str, Any]:
@@ -79,25 +80,40 @@ def _bundle_config(model: str) -> dict[str, Any]:
         raise UserError(f"--model {model} is not a readable model bundle ({error})") from None
 
 
-def resolve_job(options: CaptionOptions) -> CaptionJob:
+def _is_local(path: str) -> bool:
+    return FileSystems.get_scheme(path) in (None, "file")
+
+
+def resolve_job(options: CaptionOptions, offline: bool = False) -> CaptionJob:
+    """Check the options and read the bundle's settings. ``offline`` (dry runs) leaves
+    remote outputs and manifests alone: whether earlier captions exist is then assumed
+    from ``--skip-existing``, so the job description shows the step a nightly run has."""
     if not options.input and not options.input_manifest:
         raise UserError("give --input GLOB (repeatable) or --input-manifest FILE")
     if not options.output:
         raise UserError("--output PREFIX is required")
     if not options.model:
         raise UserError("--model BUNDLE is required")
-    if options.input_manifest and not FileSystems.exists(options.input_manifest):
+    manifest = options.input_manifest
+    if manifest and (_is_local(manifest) or not offline) and not FileSystems.exists(manifest):
         raise UserError(f"--input-manifest {options.input_manifest} does not exist")
     if options.beam_width is not None and options.beam_width < 1:
         raise UserError("--beam-width must be at least 1")
     config = captioner_config_from_dict(_bundle_config(options.model))
-    model_id = read_model_id(options.model)
+    try:
+        model_id = read_model_id(options.model)
+    except Exception as error:  # noqa: BLE001 - any failure means "not a usable bundle"
+        raise UserError(f"--model {options.model} has no readable manifest ({error})") from None
     precision = options.precision or ("auto" if options.gpu else config.generation.precision)
     max_batch = options.max_batch_size or (128 if options.gpu else 64)
     if options.min_batch_size < 1 or max_batch < options.min_batch_size:
         raise UserError("need 1 <= --min-batch-size <= --max-batch-size")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    existing = FileSystems.match([table_glob(captions_prefix(options.output))])[0].metadata_list
+    if offline and not _is_local(options.output):
+        existing = options.skip_existing
+    else:
+        pattern = table_glob(captions_prefix(options.output))
+        existing = FileSystems.match([pattern])[0].metadata_list
     return CaptionJob(
         options=options,
         run_id=f"{stamp}-{uuid.uuid4().hex[:6]}",
@@ -107,15 +123,20 @@ def resolve_job(options: CaptionOptions) -> CaptionJob:
         precision=precision,
         max_batch_size=max_batch,
         skip_existing=bool(options.skip_existing and existing),
+        offline=offline,
     )
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
     options = job.options
-    listed = pipeline | "ListInputs" >> ListInputs(options.input, options.input_manifest)
+    listed = pipeline | "ListInputs" >> ListInputs(
+        options.input, options.input_manifest, validate=not job.offline
+    )
     uris = listed["uris"]
     if job.skip_existing:
-        uris = uris | "SkipExisting" >> SkipExisting(table_glob(captions_prefix(options.output)))
+        uris = uris | "SkipExisting" >> SkipExisting(
+            table_glob(captions_prefix(options.output)), validate=not job.offline
+        )
     # Spread the listed URIs over the workers before the expensive stages.
     uris = uris | "Spread" >> beam.Reshuffle()
     read = uris | "ReadImages" >> ReadImages()
@@ -211,7 +232,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     gpu_defaults = apply_gpu_worker_defaults(options) if on_dataflow and caption_options.gpu else {}
     if on_dataflow and dry_run:
         check_offline_locations(options)
-    job = resolve_job(caption_options)
+    job = resolve_job(caption_options, offline=dry_run)
     if dry_run:
         return _dry_run(job, options, gpu_defaults)
     log.info("caption run %s: model %s, precision %s", job.run_id, job.model_id, job.precision)

@@ -60,34 +60,51 @@ class ReadManifest(beam.PTransform):
     """A manifest file -> its URIs. Read with Beam's splittable sources, so a manifest
     of a hundred million lines is read in parallel."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, validate: bool = True) -> None:
         super().__init__()
         self.path = path
+        # Real runs look at the manifest when the pipeline is built, so a missing file or
+        # column fails before any worker starts; an offline dry run cannot look.
+        self.validate = validate
 
     def expand(self, pipeline):
         kind = _manifest_kind(self.path)
         if kind == "parquet":
             rows = pipeline | "ReadParquetManifest" >> beam.io.ReadFromParquet(
-                self.path, columns=[URI_COLUMN]
+                self.path, columns=[URI_COLUMN], validate=self.validate
             )
             return rows | "TakeUri" >> beam.Map(lambda row: row[URI_COLUMN])
         if kind == "csv":
-            column = _csv_column(self.path)
             lines = pipeline | "ReadCsvManifest" >> beam.io.ReadFromText(
-                self.path, skip_header_lines=1
+                self.path, skip_header_lines=1, validate=self.validate
             )
-            return lines | "TakeUri" >> beam.Map(lambda line: next(csv.reader([line]))[column])
-        lines = pipeline | "ReadTextManifest" >> beam.io.ReadFromText(self.path)
+            if self.validate:
+                column = _csv_column(self.path)
+            else:  # found on a worker instead
+                column = beam.pvalue.AsSingleton(
+                    pipeline
+                    | "ManifestPath" >> beam.Create([self.path])
+                    | "FindUriColumn" >> beam.Map(_csv_column)
+                )
+            return lines | "TakeUri" >> beam.Map(
+                lambda line, column: next(csv.reader([line]))[column], column
+            )
+        lines = pipeline | "ReadTextManifest" >> beam.io.ReadFromText(
+            self.path, validate=self.validate
+        )
         return lines | "SkipComments" >> beam.Filter(lambda line: not line.startswith("#"))
 
 
 class ListInputs(beam.PTransform):
     """Globs and manifest -> distinct URIs (tag ``uris``) and read errors (tag ``errors``)."""
 
-    def __init__(self, patterns: Sequence[str], manifest: str | None) -> None:
+    def __init__(
+        self, patterns: Sequence[str], manifest: str | None, validate: bool = True
+    ) -> None:
         super().__init__()
         self.patterns = list(patterns)
         self.manifest = manifest
+        self.validate = validate
 
     def expand(self, pipeline):
         sources = []
@@ -102,7 +119,7 @@ class ListInputs(beam.PTransform):
             sources.append(expanded.uris)
             errors.append(expanded.errors)
         if self.manifest:
-            sources.append(pipeline | "ReadManifest" >> ReadManifest(self.manifest))
+            sources.append(pipeline | "ReadManifest" >> ReadManifest(self.manifest, self.validate))
         uris = (
             sources
             | "AllUris" >> beam.Flatten()

@@ -44,10 +44,10 @@ options:
                           would submit (worker pool, container image, service options,
                           experiments, the pipeline proto and its steps), made with no
                           credentials and no network, nothing staged; it needs --project,
-                          --region and a gs:// --temp_location, as a real launch does. Files
-                          read while the pipeline is built (the bundle's config, a manifest,
-                          earlier captions for --skip-existing) must still be readable, so
-                          use local paths to stay offline.
+                          --region and a gs:// --temp_location, as a real launch does. gs://
+                          inputs, manifest and output are not looked at (--skip-existing
+                          shows the join a nightly run has); the bundle's settings are read,
+                          so a local --model keeps it offline.
 
 Yes/no flags also take a value (--gpu=true, --skip_existing=false, --dry_run=false), the
 way a Dataflow flex template passes them.

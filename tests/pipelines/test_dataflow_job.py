@@ -107,6 +107,28 @@ def test_gpu_dry_run_writes_the_dataflow_job(scenes, tiny_bundle, tmp_path, offl
     }
 
 
+def test_a_nightly_job_over_buckets_is_described_without_touching_them(
+    tiny_bundle, tmp_path, offline
+):
+    """gs:// input, manifest and output as a real nightly run has them: the dry run does
+    not look whether earlier captions exist; --skip-existing puts the join in the job."""
+    spec_file = tmp_path / "job.json"
+    argv = [
+        "caption",
+        *("--input", "gs://my-bucket/photos/**", "--input-manifest", "gs://my-bucket/new.txt"),
+        *("--output", "gs://my-bucket/captions/nightly", "--model", tiny_bundle),
+        *("--skip-existing", "--gpu", *DATAFLOW, "--sdk_container_image", IMAGE),
+        *("--dry_run", "--job-spec-out", str(spec_file)),
+    ]
+    assert main(argv) == 0
+    assert offline == []
+    spec = json.loads(spec_file.read_text())
+    steps = spec["pipeline_steps"]
+    assert steps.index("ListInputs") < steps.index("SkipExisting") < steps.index("ReadImages")
+    worker_options = spec["job"]["environment"]["sdkPipelineOptions"]["options"]
+    assert worker_options["output"] == "gs://my-bucket/captions/nightly"
+
+
 def test_settings_given_on_the_command_line_win_over_the_gpu_defaults(
     scenes, tiny_bundle, tmp_path, offline
 ):
