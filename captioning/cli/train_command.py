@@ -77,11 +77,14 @@ def add_parser(subparsers) -> None:
         help="split the CPU into N logical devices (N replicas without a GPU)",
     )
     parser.add_argument(
-        "--run-dir", help="checkpoints, TensorBoard logs and the resolved config (default: OUT.run)"
+        "--run-dir",
+        help="checkpoints, TensorBoard logs, training curves and the resolved config, local "
+        "or gs:// (default: OUT.run); rerunning the same command resumes from it",
     )
     parser.add_argument(
         "--feature-cache",
-        help="directory for cached backbone features (default: RUN_DIR/feature_cache)",
+        help="local directory for the example cache (decoded images or backbone features; "
+        "default: RUN_DIR/cache, or a temporary one when RUN_DIR is on gs://)",
     )
     parser.add_argument(
         "--features",
@@ -95,7 +98,9 @@ def add_parser(subparsers) -> None:
         help="where later epochs read the cached examples from: memory, disk (streamed, for "
         "datasets larger than RAM), or auto (default: memory when they fit in a quarter of it)",
     )
-    parser.add_argument("--seed", type=int, help="seed for the train/val split and shuffling")
+    parser.add_argument(
+        "--seed", type=int, help="seed for the train/val split, initial weights and shuffling"
+    )
     parser.set_defaults(run=run)
 
 
