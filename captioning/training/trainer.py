@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,9 +284,8 @@ def train(
         # A peer was preempted or crashed: collectives cannot finish without it. Every
         # worker stops; a restarted job resumes from the chief's last checkpoint.
         done = completed_epochs(str(run.checkpoint_dir))
-        first_line = str(error).strip().splitlines()[0][:200]
         raise WorkerLostError(
-            f"{role.name} lost contact with the cluster ({first_line}); restart the job "
+            f"{role.name} lost contact with the cluster ({_short_reason(error)}); restart the job "
             f"to resume from the checkpoint after epoch {done}"
         ) from None
     if sync_batch_norm:
@@ -322,6 +322,12 @@ def train(
         fingerprint,
         role.is_chief,
     )
+
+
+def _short_reason(error: Exception, limit: int = 120) -> str:
+    """TensorFlow's collective errors lead with an op name in ``{{...}}``; keep the words."""
+    text = re.sub(r"\{\{.*?\}\}\s*", "", str(error).strip().splitlines()[0])
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def _keep_in_memory(policy: str, cache, training: bool) -> bool:
