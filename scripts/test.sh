@@ -5,6 +5,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-ruff check captioning pipelines tests benchmarks
-ruff format --check captioning pipelines tests benchmarks
+ruff check captioning pipelines tests benchmarks deploy scripts
+ruff format --check captioning pipelines tests benchmarks deploy scripts
 python -m pytest -p no:cacheprovider --durations=15 "$@"
