@@ -43,7 +43,7 @@ from pipelines.dataflow_job import (
 )
 from pipelines.decode_images import DecodeImages
 from pipelines.options import CaptionOptions, normalize_dry_run
-from pipelines.read_images import ListInputs, ReadImages
+from pipelines.read_images import ListInputs, ReadImages, is_local
 from pipelines.run_summary import build_summary, counters, write_summary
 from pipelines.skip_existing import SkipExisting
 from pipelines.write_outputs import (
@@ -80,10 +80,6 @@ def _bundle_config(model: str) -> dict[str, Any]:
         raise UserError(f"--model {model} is not a readable model bundle ({error})") from None
 
 
-def _is_local(path: str) -> bool:
-    return FileSystems.get_scheme(path) in (None, "file")
-
-
 def resolve_job(options: CaptionOptions, offline: bool = False) -> CaptionJob:
     """Check the options and read the bundle's settings. ``offline`` (dry runs) leaves
     remote outputs and manifests alone: whether earlier captions exist is then assumed
@@ -95,7 +91,7 @@ def resolve_job(options: CaptionOptions, offline: bool = False) -> CaptionJob:
     if not options.model:
         raise UserError("--model BUNDLE is required")
     manifest = options.input_manifest
-    if manifest and (_is_local(manifest) or not offline) and not FileSystems.exists(manifest):
+    if manifest and (is_local(manifest) or not offline) and not FileSystems.exists(manifest):
         raise UserError(f"--input-manifest {options.input_manifest} does not exist")
     if options.beam_width is not None and options.beam_width < 1:
         raise UserError("--beam-width must be at least 1")
@@ -109,7 +105,7 @@ def resolve_job(options: CaptionOptions, offline: bool = False) -> CaptionJob:
     if options.min_batch_size < 1 or max_batch < options.min_batch_size:
         raise UserError("need 1 <= --min-batch-size <= --max-batch-size")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    if offline and not _is_local(options.output):
+    if offline and not is_local(options.output):
         existing = options.skip_existing
     else:
         pattern = table_glob(captions_prefix(options.output))

@@ -32,12 +32,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from captioning.cli.features_command import add_arguments
+from captioning.cli.model_flags import apply_model_flags
 from captioning.config import CaptionerConfig
 from captioning.data.formats import read_captions
 from captioning.errors import UserError
 from captioning.precision import dtype_policy, resolve_precision
 from captioning.presets import get_preset
-from captioning.training.example_cache import _weights_identity
+from captioning.training.example_cache import weights_identity
 from captioning.training.feature_spec import (
     FeatureSpec,
     backbone_path,
@@ -51,7 +52,7 @@ from captioning.training.feature_spec import (
 from pipelines.decode_images import DecodeImages
 from pipelines.feature_images import EncodeImages
 from pipelines.feature_model_handler import FeatureModelHandler
-from pipelines.read_images import ListInputs, ReadImages
+from pipelines.read_images import ListInputs, ReadImages, is_local
 from pipelines.write_features import WriteFeatures, image_uri
 from pipelines.write_outputs import WriteErrors
 
@@ -76,41 +77,15 @@ class FeatureJob:
         return f"{self.output}_inputs.txt"
 
 
-def _is_local(path: str) -> bool:
-    return FileSystems.get_scheme(path) in (None, "file")
-
-
-def _backbone_weights(value: str | None, default: str | None) -> str | None:
-    if value is None:
-        return default
-    if value.lower() == "none":
-        return None
-    if value == "imagenet":
-        return value
-    if not Path(value).is_file():
-        raise UserError(f"--backbone-weights file {value} does not exist")
-    return str(Path(value).resolve())
-
-
 def feature_config(
     preset: str, image_size: int | None, backbone_weights: str | None
 ) -> tuple[CaptionerConfig, str]:
     """The preset's captioner config with the flags applied, frozen; and its precision."""
     train_config = get_preset(preset)
-    config = train_config.captioner
-    if image_size is not None:
-        if image_size < 75:
-            raise UserError("--image-size must be at least 75 (InceptionV3's minimum)")
-        config = dataclasses.replace(
-            config, image=dataclasses.replace(config.image, image_size=image_size)
-        )
+    config = apply_model_flags(train_config.captioner, image_size, backbone_weights)
     if config.image.normalization == "dataset" and config.image.mean is None:
         raise UserError("features need a fixed normalization; this preset measures the dataset's")
-    encoder = dataclasses.replace(
-        config.encoder,
-        backbone_weights=_backbone_weights(backbone_weights, config.encoder.backbone_weights),
-        trainable=False,
-    )
+    encoder = dataclasses.replace(config.encoder, trainable=False)
     return dataclasses.replace(config, encoder=encoder), train_config.precision
 
 
@@ -119,7 +94,7 @@ def resolve_job(args: argparse.Namespace) -> FeatureJob:
         raise UserError("need 1 <= --min-batch-size <= --max-batch-size")
     config, preset_precision = feature_config(args.preset, args.image_size, args.backbone_weights)
     images = args.images.rstrip("/")
-    if _is_local(images):
+    if is_local(images):
         if not Path(images).is_dir():
             raise UserError(f"--images {images} is not a directory")
         images = str(Path(images).resolve())
@@ -164,7 +139,7 @@ def prepare_outputs(job: FeatureJob) -> FeatureSpec:
     except Exception as error:  # noqa: BLE001 - e.g. no internet for "imagenet"
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(f"cannot build the backbone with weights {weights}: {first_line}") from None
-    if _is_local(job.output):
+    if is_local(job.output):
         Path(job.output).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as local:
         saved = str(Path(local) / "backbone.weights.h5")
@@ -181,7 +156,7 @@ def prepare_outputs(job: FeatureJob) -> FeatureSpec:
         image=job.config.image,
         feature_layer=job.config.encoder.feature_layer,
         backbone_weights=weights,
-        backbone_source=_weights_identity(weights),
+        backbone_source=weights_identity(weights),
         backbone_sha256=sha256,
         precision=job.precision,
         feature_shape=(encoder.grid_size, encoder.backbone_channels),

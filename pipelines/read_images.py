@@ -38,6 +38,11 @@ class ExpandPatterns(beam.DoFn):
         yield from files
 
 
+def is_local(path: str) -> bool:
+    """A path on this machine's disk (no scheme, or file://), not in a bucket."""
+    return FileSystems.get_scheme(path) in (None, "file")
+
+
 def _manifest_kind(path: str) -> str:
     lower = path.lower()
     if lower.endswith(".parquet"):

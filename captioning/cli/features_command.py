@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from captioning.cli.model_flags import add_model_flags
+
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 HELP = """\
@@ -41,21 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--images", required=True, help="directory holding the images (local or gs://)"
     )
     parser.add_argument("--output", required=True, help="output prefix (local or gs://)")
-    parser.add_argument(
-        "--format",
-        choices=("coco", "karpathy", "flickr8k", "csv"),
-        help="caption format (inferred from the file when omitted)",
-    )
-    parser.add_argument(
-        "--preset",
-        default="production",
-        choices=("production", "demo", "tiny"),
-        help="settings preset the features are for (image size, backbone cut and weights)",
-    )
-    parser.add_argument("--image-size", type=int, help="square input size in pixels (>= 75)")
-    parser.add_argument(
-        "--backbone-weights", help="imagenet | none | PATH of a local InceptionV3 weights file"
-    )
+    add_model_flags(parser)
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,

@@ -7,7 +7,8 @@ import dataclasses
 import json
 import logging
 import sys
-from pathlib import Path
+
+from captioning.cli.model_flags import add_model_flags, apply_model_flags
 
 log = logging.getLogger("captioning.train")
 
@@ -27,25 +28,10 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--images", help="directory holding the images (optional with --features)")
     parser.add_argument("--out", required=True, help="bundle directory to write")
-    parser.add_argument(
-        "--format",
-        choices=("coco", "karpathy", "flickr8k", "csv"),
-        help="caption format (inferred from the file when omitted)",
-    )
-    parser.add_argument(
-        "--preset",
-        default="production",
-        choices=("production", "demo", "tiny"),
-        help="settings preset: production (299 px, ImageNet backbone, frozen), "
-        "demo (offline, backbone from scratch, small images), tiny (tests)",
-    )
+    add_model_flags(parser)
     parser.add_argument("--epochs", type=int, help="number of epochs")
-    parser.add_argument("--image-size", type=int, help="square input size in pixels (>= 75)")
     parser.add_argument("--batch-size", type=int, help="batch size per replica")
     parser.add_argument("--learning-rate", type=float, help="Adam learning rate")
-    parser.add_argument(
-        "--backbone-weights", help="imagenet | none | PATH of a local InceptionV3 weights file"
-    )
     parser.add_argument(
         "--trainable-backbone",
         action=argparse.BooleanOptionalAction,
@@ -110,30 +96,14 @@ def resolve_config(args: argparse.Namespace):
     from captioning.presets import get_preset
 
     config = get_preset(args.preset)
-    captioner = config.captioner
-    if args.image_size is not None:
-        if args.image_size < 75:
-            raise UserError("--image-size must be at least 75 (InceptionV3's minimum)")
-        captioner = dataclasses.replace(
-            captioner, image=dataclasses.replace(captioner.image, image_size=args.image_size)
-        )
+    captioner = apply_model_flags(config.captioner, args.image_size, args.backbone_weights)
     if args.normalization is not None:
         captioner = dataclasses.replace(
             captioner, image=dataclasses.replace(captioner.image, normalization=args.normalization)
         )
-    encoder = captioner.encoder
-    if args.backbone_weights is not None:
-        weights = args.backbone_weights
-        if weights.lower() == "none":
-            weights = None
-        elif weights != "imagenet":
-            if not Path(weights).is_file():
-                raise UserError(f"--backbone-weights file {weights} does not exist")
-            weights = str(Path(weights).resolve())
-        encoder = dataclasses.replace(encoder, backbone_weights=weights)
     if args.trainable_backbone is not None:
-        encoder = dataclasses.replace(encoder, trainable=args.trainable_backbone)
-    captioner = dataclasses.replace(captioner, encoder=encoder)
+        encoder = dataclasses.replace(captioner.encoder, trainable=args.trainable_backbone)
+        captioner = dataclasses.replace(captioner, encoder=encoder)
     overrides = {
         "epochs": args.epochs,
         "batch_size": args.batch_size,

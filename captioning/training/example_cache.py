@@ -68,7 +68,9 @@ class ExampleCache:
         return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _weights_identity(weights: str | None) -> str:
+def weights_identity(weights: str | None) -> str:
+    """What the backbone weights are, for cache keys and feature specs: the file's hash
+    when they come from a file, so a changed file is a different backbone."""
     if weights is None or weights == "imagenet":
         return str(weights)
     return "file:" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()
@@ -79,7 +81,7 @@ def cache_key(kind: str, image_paths: Sequence[str], config: CaptionerConfig) ->
     digest.update(to_json(config.image).encode())
     if kind == "features":
         digest.update(config.encoder.feature_layer.encode())
-        digest.update(_weights_identity(config.encoder.backbone_weights).encode())
+        digest.update(weights_identity(config.encoder.backbone_weights).encode())
     for path in image_paths:
         digest.update(path.encode() + b"\0")
     return f"{kind}-{digest.hexdigest()[:20]}"

@@ -28,7 +28,7 @@ import tensorflow as tf
 from captioning.config import CaptionerConfig, ImageConfig
 from captioning.errors import UserError
 from captioning.models.image_encoder import ImageEncoder
-from captioning.training.example_cache import _weights_identity
+from captioning.training.example_cache import weights_identity
 
 FORMAT_VERSION = 1
 FEATURE_DTYPE = "float16"  # what the trainer's own feature cache stores, too
@@ -118,7 +118,7 @@ class FeatureSpec:
             found.append(f"--normalization {normalization} (features: {self.image.normalization})")
         if backbone_weights is not None:
             weights = None if backbone_weights.lower() == "none" else backbone_weights
-            if _weights_identity(weights) != self.backbone_source:
+            if weights_identity(weights) != self.backbone_source:
                 found.append(
                     f"--backbone-weights {backbone_weights} "
                     f"(features: {self.backbone_weights or 'none'})"
