@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -10,6 +11,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest
 
 from captioning.data.synthetic_scenes import generate_scenes
+
+# Some tests need system packages (Java for the COCO toolkit, Chromium for the report).
+# Elsewhere they skip, saying what to install; CI installs them (.ci/run) and sets this,
+# so there a missing package fails the run instead of skipping.
+REQUIRE_SYSTEM_PACKAGES = bool(os.environ.get("CAPTIONING_REQUIRE_SYSTEM_PACKAGES"))
+
+
+def needs_java(what: str):
+    """Skip, unless CI, when Java is missing; ``what`` says what runs on Java."""
+    return pytest.mark.skipif(
+        shutil.which("java") is None and not REQUIRE_SYSTEM_PACKAGES,
+        reason=f"{what} runs on Java, which is not installed (apt-get install "
+        "default-jre-headless; .ci/run installs it)",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,12 @@
 """Caption metrics through pycocoevalcap, on the real Flickr8k captions."""
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from captioning.data.formats import read_captions
 from captioning.evaluation.metrics import caption_metrics, exact_match_rate
+from tests.conftest import needs_java
 
 TOKENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k" / "Flickr8k.token.txt"
 
@@ -23,7 +23,7 @@ def test_perfect_captions_score_one_and_wrong_ones_score_low():
     assert exact_match_rate(references, {"1": "a red circle above a blue square", "2": "x"}) == 0.5
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR runs on Java")
+@needs_java("METEOR")
 def test_meteor_is_reported_where_java_exists():
     references = {"1": ["a red circle above a blue square"]}
     metrics = caption_metrics(references, {"1": "a red circle above a blue square"})

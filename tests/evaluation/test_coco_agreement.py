@@ -5,8 +5,6 @@ PTB-tokenise the references and the candidates (two Java runs), then Bleu(4), Me
 Rouge and Cider.
 """
 
-import shutil
-
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -17,10 +15,9 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from captioning.evaluation import metrics
 from captioning.evaluation.evaluate import evaluate_captions
 from captioning.evaluation.per_image import PER_IMAGE_COLUMNS, REFERENCE_SEPARATOR
+from tests.conftest import needs_java
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("java") is None, reason="the COCO toolkit's PTB tokenizer and METEOR run on Java"
-)
+pytestmark = needs_java("the COCO toolkit's PTB tokenizer and METEOR")
 
 # Capitals, punctuation, contractions, brackets, hyphens, an empty candidate, a perfect
 # one, and different numbers of references: everything tokenisation has to get right.

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import shutil
 
 import pytest
 from pycocoevalcap.cider.cider import Cider
@@ -15,6 +14,7 @@ from captioning.evaluation.per_image import (
     per_image_rows,
     write_per_image_csv,
 )
+from tests.conftest import needs_java
 
 
 def _references(captions_csv):
@@ -25,7 +25,7 @@ def _references(captions_csv):
     return references
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="the COCO PTB tokenizer runs on Java")
+@needs_java("the COCO PTB tokenizer")
 def test_per_image_csv_holds_every_scored_image_worst_first(tiny_bundle, scenes, tmp_path, capsys):
     out = tmp_path / "new" / "per_image.csv"
     code = main(

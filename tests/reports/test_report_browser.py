@@ -1,8 +1,8 @@
 """The report in a real headless Chromium: loads clean, thumbnails decode, sort and filter work.
 
 Uses Debian's /usr/bin/chromium through Playwright (no browser download). CI
-installs it (.ci/run) and sets CAPTIONING_REQUIRE_BROWSER=1, so there a missing
-browser fails instead of skipping. The screenshot goes to $CAPTIONING_TEST_ARTIFACTS
+installs it (.ci/run) and sets CAPTIONING_REQUIRE_SYSTEM_PACKAGES=1, so there a
+missing browser fails instead of skipping. The screenshot goes to $CAPTIONING_TEST_ARTIFACTS
 (default: the test's tmp_path).
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from captioning.reports.run_report import ReportOptions, build_report
+from tests.conftest import REQUIRE_SYSTEM_PACKAGES
 from tests.reports.conftest import write_evaluation_csv
 
 CHROMIUM = "/usr/bin/chromium"
@@ -23,7 +24,7 @@ CHROMIUM = "/usr/bin/chromium"
 def browser_page():
     if not os.path.exists(CHROMIUM):
         message = f"{CHROMIUM} is missing (apt-get install chromium; .ci/run installs it)"
-        if os.environ.get("CAPTIONING_REQUIRE_BROWSER"):
+        if REQUIRE_SYSTEM_PACKAGES:
             pytest.fail(message)
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
