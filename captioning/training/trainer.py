@@ -124,6 +124,15 @@ def train(
     features: str | None = None,
 ) -> TrainResult:
     started = time.monotonic()
+    # Precomputed features (``captioning features``) replace the backbone pass; the
+    # images directory is then optional, and only filters captions of missing files.
+    shards = open_feature_shards(features) if features else None
+    if shards is None and images is None:
+        raise UserError("give the images directory, or --features PREFIX")
+    if shards is not None:
+        if config.captioner.encoder.trainable:
+            raise UserError("--features trains from frozen-backbone features; freeze the backbone")
+        config = dataclasses.replace(config, captioner=shards.spec.apply_to(config.captioner))
     # Reproducible initial weights (and identical ones on every worker of a cluster).
     keras.utils.set_random_seed(config.seed)
     data = read_captions(
@@ -161,15 +170,6 @@ def train(
         precision,
     )
 
-    # Precomputed features (``captioning features``) replace the backbone pass; the
-    # images directory is then optional, and only filters captions of missing files.
-    shards = open_feature_shards(features) if features else None
-    if shards is None and images is None:
-        raise UserError("give the images directory, or --features PREFIX")
-    if shards is not None:
-        if config.captioner.encoder.trainable:
-            raise UserError("--features trains from frozen-backbone features; freeze the backbone")
-        config = dataclasses.replace(config, captioner=shards.spec.apply_to(config.captioner))
     image_dir = Path(images) if images is not None else None
     frozen = not config.captioner.encoder.trainable
     cache_root = Path(feature_cache_dir or work / "cache")
@@ -284,6 +284,7 @@ def train(
         # A peer was preempted or crashed: collectives cannot finish without it. Every
         # worker stops; a restarted job resumes from the chief's last checkpoint.
         done = completed_epochs(str(run.checkpoint_dir))
+        run.close()
         raise WorkerLostError(
             f"{role.name} lost contact with the cluster ({_short_reason(error)}); restart the job "
             f"to resume from the checkpoint after epoch {done}"
