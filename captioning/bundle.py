@@ -9,9 +9,10 @@ Layout::
       manifest.json           sha256 of every file above, and the model id
 
 The model id is a sha256 over the file hashes, so two bundles with the same
-content share an id. Loading verifies every hash, refuses any class that is not
-Keras' own or ours, and deserialises with ``safe_mode=True``. Nothing is fetched
-from the network at load time.
+content share an id, and a bundle whose files were edited gets a new one (even if
+its manifest was re-hashed to match). Loading verifies every hash, refuses any class
+not named in ``ALLOWED_CLASSES``, and deserialises with ``safe_mode=True``. Nothing is
+fetched from the network at load time.
 """
 
 from __future__ import annotations
@@ -36,9 +37,31 @@ CONFIG_FILE = "captioner_config.json"
 MANIFEST_FILE = "manifest.json"
 CONTENT_FILES = (MODEL_FILE, VOCABULARY_FILE, CONFIG_FILE)
 
-# Class names a bundle may contain: Keras' own modules and our registered package.
-_ALLOWED_MODULE_PREFIXES = ("keras.",)
-_ALLOWED_REGISTERED_PREFIX = "captioning>"
+# Every (module, class_name, registered_name) a bundle's config.json may name, and
+# nothing else. Exact names, not "anything under keras.": Keras itself ships classes
+# that read files or run code when deserialised (TFSMLayer loads a SavedModel,
+# StringLookup / IntegerLookup / TextVectorization read vocabulary files, Lambda runs
+# Python), and which of them safe_mode stops has changed between Keras versions.
+# This is the whole set that real bundles hold (tiny, demo and production presets,
+# trained or not, in every precision): the encoder and decoder build their sub-layers
+# (InceptionV3 included) in code, so none of those is serialised. The last three are
+# the compile config of a trained model; load_bundle never deserialises it
+# (compile=False), but they are still named exactly. A new class in a bundle means
+# adding it here, on purpose.
+ALLOWED_CLASSES: frozenset[tuple[str | None, str | None, str | None]] = frozenset(
+    {
+        ("captioning.models.captioner", "Captioner", "captioning>Captioner"),
+        ("captioning.models.image_encoder", "ImageEncoder", "captioning>ImageEncoder"),
+        (
+            "captioning.models.attention_gru_decoder",
+            "AttentionGRUDecoder",
+            "captioning>AttentionGRUDecoder",
+        ),
+        ("keras.optimizers", "Adam", None),
+        ("keras.optimizers.schedules", "CosineDecay", None),
+        ("keras.losses", "SparseCategoricalCrossentropy", None),
+    }
+)
 
 
 @dataclass
@@ -129,24 +152,39 @@ def _classes_in(config: Any) -> list[tuple[str | None, str | None, str | None]]:
     return found
 
 
+def _is_allowed(names: tuple[Any, Any, Any]) -> bool:
+    try:
+        return names in ALLOWED_CLASSES
+    except TypeError:  # a forged config can put a list where a name belongs
+        return False
+
+
+def _describe(class_name: Any, module: Any) -> str:
+    """``Class (module m)`` on one short line, whatever a forged config put there."""
+    text = f"{class_name} (module {module})"
+    return " ".join(text.split())[:120]
+
+
 def check_model_archive(model_file: Path) -> None:
-    """Refuse a .keras archive holding classes that are neither Keras' nor ours."""
+    """Refuse a .keras archive whose config names any class outside ``ALLOWED_CLASSES``."""
     try:
         with zipfile.ZipFile(model_file) as archive:
             config = json.loads(archive.read("config.json"))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         raise BundleError(f"{model_file} is not a readable Keras archive") from None
-    if config.get("registered_name") != "captioning>Captioner":
+    if not isinstance(config, dict) or config.get("registered_name") != "captioning>Captioner":
         raise BundleError(f"{model_file} does not hold a captioning Captioner")
+    refused: list[str] = []
     for module, class_name, registered in _classes_in(config):
-        if class_name == "Lambda" or class_name == "__lambda__":
-            raise BundleError(f"{model_file} holds an unsafe Lambda layer; refusing to load it")
-        if registered and registered.startswith(_ALLOWED_REGISTERED_PREFIX):
+        if _is_allowed((module, class_name, registered)):
             continue
-        if module in (None, "keras", "builtins") or module.startswith(_ALLOWED_MODULE_PREFIXES):
-            continue
+        name = _describe(class_name, module)
+        if name not in refused:
+            refused.append(name)
+    if refused:
         raise BundleError(
-            f"{model_file} holds class {class_name} from module {module}; refusing to load it"
+            f"{model_file} holds {', '.join(refused)}, which a captioning bundle never "
+            "contains; refusing to load it"
         )
 
 

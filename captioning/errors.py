@@ -15,5 +15,14 @@ class WorkerLostError(Exception):
     ``EXIT_RESTART`` so the platform restarts the job, which resumes from its checkpoint."""
 
 
+class CommitConflictError(Exception):
+    """Another run committed a conflicting change to an output table; this run committed
+    nothing there and may be rerun. The CLI exits with ``EXIT_CONFLICT``."""
+
+
+# Exit statuses of the CLI, documented in README.md ("Exit status").
+EXIT_USAGE = 2  # a user mistake or a refused run: nothing was committed
+EXIT_ERROR_RATE = 3  # committed, but more inputs failed than --max-error-rate allows
+EXIT_CONFLICT = 4  # a concurrent run's commit conflicted; nothing committed, rerun
 # EX_TEMPFAIL from sysexits.h: "a temporary failure; the user is invited to retry".
 EXIT_RESTART = 75

@@ -1,4 +1,9 @@
-"""CaptionImages: (uri, decoded image) -> caption rows, through Beam's RunInference."""
+"""CaptionImages: (uri, decoded image) -> caption rows, through Beam's RunInference.
+
+Outputs ``captions`` and ``errors``: error rows for images whose generation failed
+even alone (the handler narrows a failing batch down to them) and, from RunInference's
+dead-letter output, for every image of a batch that failed any other way.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,18 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from pipelines.caption_model_handler import CaptionModelHandler
-from pipelines.error_rows import FailedBatchesToErrorRows
+from pipelines.caption_model_handler import CaptionModelHandler, inference_error
+from pipelines.error_rows import FailedBatchesToErrorRows, counted_error_row
 from pipelines.metrics import IMAGES_CAPTIONED, NAMESPACE
 
 log = logging.getLogger("captioning.pipeline")
 
+ERRORS = "errors"
+
 
 class ToCaptionRow(beam.DoFn):
-    """(uri, PredictionResult) -> a captions-table row; logs progress and rate."""
+    """(uri, PredictionResult) -> a captions-table row, or, tagged ``errors``, an
+    inference error row for an example that failed; logs progress and rate."""
 
     REPORT_EVERY_SECONDS = 30.0
 
@@ -28,6 +36,10 @@ class ToCaptionRow(beam.DoFn):
 
     def process(self, keyed):
         uri, prediction = keyed
+        failure = inference_error(prediction)
+        if failure is not None:
+            yield beam.pvalue.TaggedOutput(ERRORS, counted_error_row(uri, "inference", *failure))
+            return
         inference = prediction.inference
         Metrics.counter(NAMESPACE, IMAGES_CAPTIONED).inc()
         self.count += 1
@@ -65,8 +77,11 @@ class CaptionImages(beam.PTransform):
             | "RunInference"
             >> RunInference(KeyedModelHandler(self.handler)).with_exception_handling()
         )
-        rows = predictions | "CaptionRows" >> beam.ParDo(ToCaptionRow())
-        errors = failed.failed_inferences | "InferenceErrorRows" >> beam.ParDo(
+        rows = predictions | "CaptionRows" >> beam.ParDo(ToCaptionRow()).with_outputs(
+            ERRORS, main="captions"
+        )
+        failed_batches = failed.failed_inferences | "InferenceErrorRows" >> beam.ParDo(
             FailedBatchesToErrorRows()
         )
-        return {"captions": rows, "errors": errors}
+        errors = (rows[ERRORS], failed_batches) | "InferenceErrors" >> beam.Flatten()
+        return {"captions": rows.captions, "errors": errors}

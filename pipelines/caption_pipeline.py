@@ -14,10 +14,12 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -29,11 +31,13 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
+from captioning import run_layout, tables
 from captioning.config import captioner_config_from_dict
-from captioning.errors import UserError
-from pipelines.bundle_staging import read_model_id
+from captioning.errors import CommitConflictError, UserError
+from pipelines.bundle_staging import check_model_id, read_model_id
 from pipelines.caption_images import CaptionImages
 from pipelines.caption_model_handler import CaptionModelHandler
+from pipelines.commit_tables import CommitPlan, CommitTables
 from pipelines.dataflow_gpu import apply_gpu_worker_defaults
 from pipelines.dataflow_job import (
     check_offline_locations,
@@ -42,17 +46,13 @@ from pipelines.dataflow_job import (
     runs_on_dataflow,
 )
 from pipelines.decode_images import DecodeImages
+from pipelines.legacy_output import import_legacy_captions, legacy_caption_files
 from pipelines.options import CaptionOptions, normalize_dry_run
-from pipelines.read_images import ListInputs, ReadImages, is_local
+from pipelines.read_images import ListInputs, ReadImages, inputs_list_anything, is_local
 from pipelines.run_summary import build_summary, counters, write_summary
 from pipelines.skip_existing import SkipExisting
-from pipelines.write_outputs import (
-    RemoveStaleShards,
-    WriteCaptions,
-    WriteErrors,
-    captions_prefix,
-    table_glob,
-)
+from pipelines.unknown_flags import check_beam_flags
+from pipelines.write_outputs import WriteCaptions, WriteErrors
 
 log = logging.getLogger("captioning.pipeline")
 
@@ -68,7 +68,9 @@ class CaptionJob:
     max_pixels: int
     precision: str
     max_batch_size: int
-    skip_existing: bool
+    commit: CommitPlan
+    # --skip-existing: the data files of the captions snapshot the run starts from.
+    existing_captions: list[str] | None = None
     offline: bool = False  # a dry run: remote outputs are not looked at
 
 
@@ -80,45 +82,121 @@ def _bundle_config(model: str) -> dict[str, Any]:
         raise UserError(f"--model {model} is not a readable model bundle ({error})") from None
 
 
-def resolve_job(options: CaptionOptions, offline: bool = False) -> CaptionJob:
-    """Check the options and read the bundle's settings. ``offline`` (dry runs) leaves
-    remote outputs and manifests alone: whether earlier captions exist is then assumed
-    from ``--skip-existing``, so the job description shows the step a nightly run has."""
+def _check_options(options: CaptionOptions) -> None:
     if not options.input and not options.input_manifest:
         raise UserError("give --input GLOB (repeatable) or --input-manifest FILE")
     if not options.output:
-        raise UserError("--output PREFIX is required")
+        raise UserError("--output DIR is required")
     if not options.model:
         raise UserError("--model BUNDLE is required")
-    manifest = options.input_manifest
-    if manifest and (is_local(manifest) or not offline) and not FileSystems.exists(manifest):
-        raise UserError(f"--input-manifest {options.input_manifest} does not exist")
     if options.beam_width is not None and options.beam_width < 1:
         raise UserError("--beam-width must be at least 1")
-    config = captioner_config_from_dict(_bundle_config(options.model))
+    if not 0.0 <= options.max_error_rate <= 1.0:
+        raise UserError("--max-error-rate must be between 0 and 1")
+    if options.retention_hours < 0:
+        raise UserError("--retention-hours must be 0 or more")
+
+
+def _output_folder(output: str) -> str:
+    if not is_local(output):
+        return output.rstrip("/")
+    path = Path(output.removeprefix("file://")).absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output {output} is a file; it names a folder that holds the tables")
+    return str(path)
+
+
+def _model_id(options: CaptionOptions, offline: bool) -> str:
+    """The bundle's model id; with ``--expect-model-id`` the bundle's content is hashed
+    and must match (a dry run compares what the manifest declares, offline)."""
     try:
         model_id = read_model_id(options.model)
     except Exception as error:  # noqa: BLE001 - any failure means "not a usable bundle"
         raise UserError(f"--model {options.model} has no readable manifest ({error})") from None
+    expected = options.expect_model_id
+    if expected and model_id != expected:
+        raise UserError(
+            f"--model {options.model} has model id {model_id}, but --expect-model-id "
+            f"is {expected}; refusing it"
+        )
+    if expected and not offline:  # the manifest could lie: hash the files themselves
+        model_id = check_model_id(options.model, expected)
+    return model_id
+
+
+def _start_snapshots(options: CaptionOptions, output: str) -> tuple[int, int]:
+    """Create the tables if needed (importing captions of the old layout once) and return
+    the captions and errors versions this run starts from."""
+    retention = options.retention_hours
+    captions_version = tables.ensure_table(
+        run_layout.captions_table(output), run_layout.CAPTIONS_SCHEMA, retention
+    )
+    errors_version = tables.ensure_table(
+        run_layout.errors_table(output), run_layout.ERRORS_SCHEMA, retention
+    )
+    legacy = legacy_caption_files(output)
+    if legacy and options.skip_existing:
+        if import_legacy_captions(output, captions_version):
+            captions_version = tables.version(run_layout.captions_table(output))
+    elif legacy:
+        log.warning(
+            "%s holds captions in the old layout (%s); a full run does not read them",
+            output,
+            run_layout.legacy_patterns(output)["captions"],
+        )
+    return captions_version, errors_version
+
+
+def resolve_job(options: CaptionOptions, offline: bool = False) -> CaptionJob:
+    """Check the options, read the bundle's settings and fix the snapshots the run starts
+    from. ``offline`` (dry runs) writes nothing and leaves remote outputs and manifests
+    alone: the job description then shows the steps a nightly run has."""
+    _check_options(options)
+    manifest = options.input_manifest
+    if manifest and (is_local(manifest) or not offline) and not FileSystems.exists(manifest):
+        raise UserError(f"--input-manifest {options.input_manifest} does not exist")
+    output = _output_folder(options.output)
+    options.output = output
+    config = captioner_config_from_dict(_bundle_config(options.model))
+    model_id = _model_id(options, offline)
     precision = options.precision or ("auto" if options.gpu else config.generation.precision)
     max_batch = options.max_batch_size or (128 if options.gpu else 64)
     if options.min_batch_size < 1 or max_batch < options.min_batch_size:
         raise UserError("need 1 <= --min-batch-size <= --max-batch-size")
+    listed = offline or options.allow_empty or inputs_list_anything(options.input, manifest)
+    if not listed:
+        raise UserError(
+            "the inputs list nothing (no glob matched a file, and no manifest line "
+            "names one); nothing was committed and earlier captions are untouched "
+            "(--allow-empty lets such a run replace them)"
+        )
+    starts = (0, 0) if offline else _start_snapshots(options, output)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    if offline and not is_local(options.output):
-        existing = options.skip_existing
-    else:
-        pattern = table_glob(captions_prefix(options.output))
-        existing = FileSystems.match([pattern])[0].metadata_list
+    run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
+    existing = None
+    if options.skip_existing:
+        table = run_layout.captions_table(output)
+        existing = [] if offline else tables.committed_files(table, starts[0])
     return CaptionJob(
         options=options,
-        run_id=f"{stamp}-{uuid.uuid4().hex[:6]}",
+        run_id=run_id,
         model_id=model_id,
         image_size=config.image.image_size,
         max_pixels=config.image.max_pixels,
         precision=precision,
         max_batch_size=max_batch,
-        skip_existing=bool(options.skip_existing and existing),
+        commit=CommitPlan(
+            output=output,
+            run_id=run_id,
+            model_id=model_id,
+            append=bool(options.skip_existing),
+            captions_start=starts[0],
+            errors_start=starts[1],
+            max_error_rate=options.max_error_rate,
+            allow_empty=bool(options.allow_empty),
+            retention_hours=options.retention_hours,
+        ),
+        existing_captions=existing,
         offline=offline,
     )
 
@@ -129,10 +207,8 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
         options.input, options.input_manifest, validate=not job.offline
     )
     uris = listed["uris"]
-    if job.skip_existing:
-        uris = uris | "SkipExisting" >> SkipExisting(
-            table_glob(captions_prefix(options.output)), validate=not job.offline
-        )
+    if job.existing_captions is not None:
+        uris = uris | "SkipExisting" >> SkipExisting(job.existing_captions)
     # Spread the listed URIs over the workers before the expensive stages.
     uris = uris | "Spread" >> beam.Reshuffle()
     read = uris | "ReadImages" >> ReadImages()
@@ -148,6 +224,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
         share_across_processes=options.gpu,
         # XLA compiles the search loop's small ops into few GPU kernels.
         jit_compile=options.gpu,
+        expected_model_id=options.expect_model_id,
     )
     captioned = decoded["decoded"] | "CaptionImages" >> CaptionImages(handler)
     errors = (
@@ -164,10 +241,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
         (written_captions, written_errors)
         | "WrittenFiles" >> beam.Flatten()
         | "AllWritten" >> beam.combiners.ToList()
-        | "RemoveStaleShards"
-        >> beam.ParDo(
-            RemoveStaleShards(options.output, job.run_id, keep_earlier_captions=job.skip_existing)
-        )
+        | "CommitTables" >> beam.ParDo(CommitTables(job.commit))
     )
 
 
@@ -191,7 +265,7 @@ def _dry_run(job: CaptionJob, options: PipelineOptions, gpu_defaults: dict) -> d
             "model_id": job.model_id,
             "precision": job.precision,
             "max_batch_size": job.max_batch_size,
-            "skip_existing": job.skip_existing,
+            "skip_existing": job.existing_captions is not None,
             "gpu_settings_filled_in": gpu_defaults,
         },
         **describe(pipeline, options),
@@ -219,7 +293,11 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     (``--no_wait_until_finish``) returns the job's identity instead of a summary; the
     counters are then in the Dataflow job's metrics.
     """
-    options = PipelineOptions(normalize_dry_run(sys.argv[1:] if argv is None else argv))
+    argv = normalize_dry_run(sys.argv[1:] if argv is None else argv)
+    # Beam would drop a misspelt flag and run with its default (see unknown_flags); this
+    # also covers the flex template's launcher and `python -m pipelines.caption_pipeline`.
+    check_beam_flags(argv)
+    options = PipelineOptions(argv)
     caption_options = options.view_as(CaptionOptions)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     if caption_options.job_spec_out and not dry_run:
@@ -237,26 +315,76 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     started = time.monotonic()
     pipeline = test_pipeline or _new_pipeline(options)
     build_pipeline(pipeline, job)
-    result = pipeline.run()
-    identity = {"run_id": job.run_id, "model_id": job.model_id, "output": job.options.output}
     template = options.view_as(GoogleCloudOptions).template_location
-    if on_dataflow and template:
+    no_wait = options.view_as(StandardOptions).no_wait_until_finish
+    returns_early = on_dataflow and bool(template or no_wait)
+    result = _run_and_wait(pipeline, wait=not returns_early)
+    identity = {"run_id": job.run_id, "model_id": job.model_id, "output": job.options.output}
+    if returns_early and template:
         return {**identity, "template_location": template}
-    if on_dataflow and options.view_as(StandardOptions).no_wait_until_finish:
+    if returns_early:
         return {**identity, "job_id": result.job_id(), "state": str(result.state)}
-    result.wait_until_finish()
-    summary = build_summary(
-        counters(result),
-        time.monotonic() - started,
-        job.model_id,
-        job.run_id,
-        job.options.output,
-    )
+    summary = _summary(job, time.monotonic() - started, counters(result))
     path = write_summary(summary, job.options.output)
     log.info("summary (%s): %s", path, json.dumps(summary))
     return summary
 
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    run()
+_CONFLICT = re.compile(r"(\S+): another run committed a conflicting change")
+
+
+class _HideConflictTracebacks(logging.Filter):
+    """Beam logs a failed step with its traceback; a commit conflict is reported as one
+    line instead (the CLI's), so its traceback is kept out of the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _CONFLICT.search(record.getMessage())
+
+
+def _run_and_wait(pipeline: beam.Pipeline, wait: bool):
+    """Run the job and wait for it; a commit conflict on a worker becomes one line."""
+    hide = _HideConflictTracebacks()
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(hide)
+    try:
+        result = pipeline.run()
+        if wait:
+            result.wait_until_finish()
+        return result
+    except Exception as error:
+        match = _CONFLICT.search(str(error))
+        if match is None:
+            raise
+        raise CommitConflictError(
+            f"{match.group(1)}: another run committed a conflicting change while this run "
+            "was working; this run committed nothing there, rerun it"
+        ) from None
+    finally:
+        for handler in handlers:
+            handler.removeFilter(hide)
+
+
+def _summary(job: CaptionJob, seconds: float, totals: dict[str, int]) -> dict[str, Any]:
+    plan = job.commit
+    summary = build_summary(totals, seconds, job.model_id, job.run_id, plan.output)
+    captions_table = run_layout.captions_table(plan.output)
+    summary["max_error_rate"] = plan.max_error_rate
+    summary["captions_committed"] = tables.committed_by(
+        captions_table, plan.app_id(run_layout.CAPTIONS_TABLE)
+    )
+    summary["table_versions"] = {
+        "captions": tables.version(captions_table),
+        "errors": tables.version(run_layout.errors_table(plan.output)),
+    }
+    rate = summary["error_rate"]
+    summary["alert"] = None
+    if rate is not None and rate > plan.max_error_rate:
+        summary["alert"] = (
+            f"{summary['errors']} of {summary['inputs']} inputs failed (error rate "
+            f"{rate:.3f} > --max-error-rate {plan.max_error_rate:g})"
+            + ("" if summary["captions_committed"] else "; the earlier captions were kept")
+        )
+    elif not summary["captions_committed"]:
+        summary["alert"] = "the run captioned nothing; the earlier captions were kept"
+    return summary

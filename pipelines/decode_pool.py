@@ -8,14 +8,21 @@ inputs. Each image is decoded in a worker process of a small pool, so that:
   one that crashes again becomes an error row (``DecoderCrashed``);
 - a decoder that *hangs* is killed after ``timeout`` seconds (``DecodeTimeout``);
 - decoding *overlaps* with inference: up to ``window`` images are submitted ahead, so
-  while the main thread runs the model on one batch the pool decodes the next.
+  while the main thread runs the model on one batch the pool decodes the next;
+- decoders *die with the job*: a SIGKILLed Beam worker or ``captioning caption`` leaves
+  no orphaned decoders behind (``_die_with_parent``).
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-import multiprocessing
+import ctypes
+import multiprocessing.context
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -29,6 +36,69 @@ class DecodeTimeoutError(Exception):
 
 class DecoderCrashedError(Exception):
     error_type = "DecoderCrashed"
+
+
+# === Decoders die with the process that started them ===
+# A spawned decoder is handed both ends of its work queue's pipe, so it never sees EOF
+# when its parent is SIGKILLed: without help it would wait for work forever.
+
+_WATCHDOG_INTERVAL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer, run in each decoder: exit as soon as ``parent_pid`` dies."""
+    if sys.platform.startswith("linux"):
+        # The kernel's own signal works even while a hung decoder holds the GIL in C,
+        # where the watchdog thread below could never run.
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no usable libc (e.g. a static or unusual build): the watchdog remains
+    # The parent may have died before this ran (the signal is only sent for deaths
+    # after prctl), in which case we already belong to init or a subreaper.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    # Everywhere (and on non-Linux, alone): a reparented process has a new ppid.
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True
+    ).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(_WATCHDOG_INTERVAL_SECONDS)
+    os._exit(1)  # not sys.exit: the main thread may be stuck in a decoder
+
+
+# PR_SET_PDEATHSIG fires when the parent *thread* exits, not the parent process. Pool
+# processes are spawned lazily by whichever thread calls submit(), and a Beam worker
+# retires idle bundle threads, which would kill healthy decoders. So every decoder is
+# started from one thread that lives as long as the process.
+_spawner_lock = threading.Lock()
+_spawner: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+
+
+def _spawner_thread() -> concurrent.futures.ThreadPoolExecutor:
+    global _spawner
+    with _spawner_lock:
+        # Keyed by pid: a forked copy of this process has the executor but not its thread.
+        if _spawner is None or _spawner[0] != os.getpid():
+            executor = concurrent.futures.ThreadPoolExecutor(1, "decoder-spawner")
+            _spawner = (os.getpid(), executor)
+        return _spawner[1]
+
+
+class _LongLivedParentProcess(multiprocessing.context.SpawnProcess):
+    def start(self) -> None:
+        _spawner_thread().submit(super().start).result()
+
+
+class _SpawnContext(multiprocessing.context.SpawnContext):
+    # "spawn": a fork of a process running TensorFlow's thread pools can inherit locks
+    # held by threads that do not exist in the child.
+    Process = _LongLivedParentProcess
 
 
 @dataclass
@@ -55,10 +125,11 @@ class DecodePool:
     # === Pool lifecycle ===
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
-            # "spawn": a fork of a process running TensorFlow's thread pools can inherit
-            # locks held by threads that do not exist in the child.
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.processes, mp_context=multiprocessing.get_context("spawn")
+                self.processes,
+                mp_context=_SpawnContext(),
+                initializer=_die_with_parent,
+                initargs=(os.getpid(),),
             )
         return self._pool
 

@@ -23,6 +23,12 @@ def error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, 
     }
 
 
+def counted_error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, Any]:
+    """An error row, counted as ``errors.<stage>.<error_type>`` for the run summary."""
+    Metrics.counter(NAMESPACE, f"errors.{stage}.{error_type}").inc()
+    return error_row(uri, stage, error_type, message)
+
+
 def describe(exception_type: type, exception_repr: str) -> tuple[str, str]:
     """Name and message for an exception from a dead-letter output.
 
@@ -47,18 +53,21 @@ class DeadLettersToErrorRows(beam.DoFn):
         element, (exception_type, exception_repr, _) = dead_letter
         uri = element[0] if isinstance(element, tuple) else str(element)
         error_type, message = describe(exception_type, exception_repr)
-        Metrics.counter(NAMESPACE, f"errors.{self.stage}.{error_type}").inc()
-        yield error_row(uri, self.stage, error_type, message)
+        yield counted_error_row(uri, self.stage, error_type, message)
 
 
 class FailedBatchesToErrorRows(beam.DoFn):
     """RunInference's failed batches, (batch, (type, repr, traceback)) -> one inference
-    error row per image in the batch."""
+    error row per image in the batch.
+
+    From the caption job only failures outside generation (loading the model, say) get
+    here: its handler splits a batch whose generation fails until the failing images
+    are alone, and reports those as inferences (``caption_images.ToCaptionRow``).
+    """
 
     def process(self, failed):
         batch, (exception_type, exception_repr, _) = failed
         error_type, message = describe(exception_type, exception_repr)
         for element in batch:
             uri = element[0] if isinstance(element, tuple) else str(element)
-            Metrics.counter(NAMESPACE, f"errors.inference.{error_type}").inc()
-            yield error_row(uri, "inference", error_type, message)
+            yield counted_error_row(uri, "inference", error_type, message)

@@ -11,7 +11,12 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from captioning.errors import UserError
+from captioning.errors import EXIT_ERROR_RATE, UserError
+from captioning.tables import DEFAULT_RETENTION_HOURS
+
+# A nightly run over a real archive loses a few files to corruption; far more than that
+# means a broken mount, bucket permissions or model, and a person should look.
+DEFAULT_MAX_ERROR_RATE = 0.05
 
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
@@ -80,8 +85,8 @@ class CaptionOptions(PipelineOptions):
         parser.add_argument(
             "--output",
             required=False,
-            help="output prefix: captions go to PREFIX-*.parquet, errors to "
-            "PREFIX_errors-*.parquet, the run summary to PREFIX_summary.json",
+            help="output folder (local or gs://): DIR/captions and DIR/errors are Delta "
+            "tables, DIR/summary.json the run summary (captioning.run_layout)",
         )
         parser.add_argument("--model", help="model bundle directory (local or gs://)")
         _add_yes_no(
@@ -90,6 +95,41 @@ class CaptionOptions(PipelineOptions):
             "--skip_existing",
             dest="skip_existing",
             help="leave out URIs already in the captions under --output (incremental runs)",
+        )
+        _add_yes_no(
+            parser,
+            "--allow-empty",
+            "--allow_empty",
+            dest="allow_empty",
+            help="let a run whose inputs list nothing, or that captions nothing, replace "
+            "the earlier captions (otherwise it is refused)",
+        )
+        parser.add_argument(
+            "--max-error-rate",
+            "--max_error_rate",
+            dest="max_error_rate",
+            type=float,
+            default=DEFAULT_MAX_ERROR_RATE,
+            help="above this share of the listed inputs failing (already captioned ones "
+            "count as listed) the run exits with status "
+            f"{EXIT_ERROR_RATE} (default {DEFAULT_MAX_ERROR_RATE:g}); its errors are still "
+            "committed, and a full rerun then keeps the earlier captions",
+        )
+        parser.add_argument(
+            "--expect-model-id",
+            "--expect_model_id",
+            dest="expect_model_id",
+            help="refuse the bundle unless its verified content hash is this model id",
+        )
+        parser.add_argument(
+            "--retention-hours",
+            "--retention_hours",
+            dest="retention_hours",
+            type=int,
+            default=DEFAULT_RETENTION_HOURS,
+            help="earlier table versions stay readable this long, then are vacuumed; files "
+            "of killed runs are removed after it too (default "
+            f"{DEFAULT_RETENTION_HOURS}, a week; keep it longer than a run takes)",
         )
         _add_yes_no(
             parser,

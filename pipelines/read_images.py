@@ -12,6 +12,7 @@ import io
 from collections.abc import Sequence
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -59,6 +60,32 @@ def _csv_column(path: str) -> int:
     if URI_COLUMN not in header:
         raise ValueError(f"CSV manifest {path} has no {URI_COLUMN!r} column")
     return header.index(URI_COLUMN)
+
+
+def manifest_lists_anything(path: str) -> bool:
+    """Whether a manifest names at least one URI (reads only as far as the first one)."""
+    kind = _manifest_kind(path)
+    if kind == "parquet":
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows > 0
+    with FileSystems.open(path) as handle:
+        lines = io.TextIOWrapper(handle, encoding="utf-8", errors="replace")
+        if kind == "csv":
+            next(lines, None)  # the header
+        return any(line.strip() and not line.startswith("#") for line in lines)
+
+
+def inputs_list_anything(patterns: Sequence[str], manifest: str | None) -> bool:
+    """Whether any glob matches a file or the manifest names a URI: what a run checks
+    before it may replace earlier captions."""
+    for pattern in patterns:
+        try:
+            matched = FileSystems.match([pattern], limits=[2])[0].metadata_list
+        except Exception:  # noqa: BLE001 - an unreadable pattern lists nothing
+            continue
+        if any(not m.path.endswith("/") for m in matched):
+            return True
+    return bool(manifest) and manifest_lists_anything(manifest)
 
 
 class ReadManifest(beam.PTransform):

@@ -1,14 +1,18 @@
-"""The JSON summary written beside each run's tables, from the job's Beam metrics."""
+"""The JSON summary written to ``DIR/summary.json`` after each run, from its Beam metrics."""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
+from captioning import run_layout
 from pipelines import metrics as names
+from pipelines.read_images import is_local
 
 
 def counters(result) -> dict[str, int]:
@@ -18,6 +22,10 @@ def counters(result) -> dict[str, int]:
     for counter in query["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    for distribution in query["distributions"]:
+        value = distribution.committed or distribution.attempted
+        if value is not None:
+            totals[distribution.key.metric.name] = int(value.sum)
     return totals
 
 
@@ -31,26 +39,39 @@ def build_summary(
             errors.setdefault(stage, {})[error_type] = value
     error_total = sum(sum(kinds.values()) for kinds in errors.values())
     captioned = totals.get(names.IMAGES_CAPTIONED, 0)
+    inputs = captioned + error_total
+    skipped = totals.get(names.SKIPPED_EXISTING, 0)
+    # Of everything listed: a nightly run that retries last night's few broken files
+    # among a million already captioned ones is not a 100% failure.
+    listed = inputs + skipped
+    commit_ms = totals.get(names.COMMIT_MILLISECONDS)
     return {
         "run_id": run_id,
         "output": output,
         "model_id": model_id,
-        "inputs": captioned + error_total,
-        "skipped_existing": totals.get(names.SKIPPED_EXISTING, 0),
+        "inputs": inputs,
+        "skipped_existing": skipped,
         "captioned": captioned,
         "errors": error_total,
+        "error_rate": round(error_total / listed, 6) if listed else None,
         "errors_by_stage": errors,
         "wall_seconds": round(seconds, 2),
+        "commit_seconds": round(commit_ms / 1000, 3) if commit_ms is not None else None,
         "images_per_second": round(captioned / seconds, 2) if seconds > 0 else None,
     }
 
 
-def summary_path(output: str) -> str:
-    return f"{output}_summary.json"
-
-
 def write_summary(summary: dict[str, Any], output: str) -> str:
-    path = summary_path(output)
-    with FileSystems.create(path, mime_type="application/json") as handle:
-        handle.write(json.dumps(summary, indent=2).encode())
+    """Write ``DIR/summary.json`` whole or not at all (a reader never sees half of it)."""
+    path = run_layout.summary_path(output)
+    data = json.dumps(summary, indent=2).encode()
+    if is_local(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".tmp") as handle:
+            handle.write(data)
+        os.replace(handle.name, path)
+    else:  # an object store replaces an object whole
+        with FileSystems.create(path, mime_type="application/json") as handle:
+            handle.write(data)
     return path

@@ -1,10 +1,14 @@
-"""SkipExisting: leave out URIs that already have a caption under the output prefix.
+"""SkipExisting: leave out URIs that already have a caption in the committed table.
 
-A join in the pipeline (CoGroupByKey), not a set in one worker's memory, so it
-works the same for a hundred million URIs.
+It reads the data files of the captions table's snapshot that the run started from
+(never a file a run wrote but did not commit), and joins them with the listed URIs in
+the pipeline (CoGroupByKey), not in one worker's memory, so it works the same for a
+hundred million URIs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -21,20 +25,15 @@ def _only_new(joined):
 
 
 class SkipExisting(beam.PTransform):
-    def __init__(self, existing_pattern: str, validate: bool = True) -> None:
+    def __init__(self, committed_files: Sequence[str]) -> None:
         super().__init__()
-        self.existing_pattern = existing_pattern
-        # Beam checks the pattern matches when the pipeline is built; a dry run that
-        # stays offline cannot, and builds the step without looking.
-        self.validate = validate
+        self.committed_files = list(committed_files)
 
     def expand(self, uris):
         existing = (
             uris.pipeline
-            | "ReadExisting"
-            >> beam.io.ReadFromParquet(
-                self.existing_pattern, columns=["image_uri"], validate=self.validate
-            )
+            | "CommittedFiles" >> beam.Create(self.committed_files)
+            | "ReadExisting" >> beam.io.ReadAllFromParquet(columns=["image_uri"])
             | "KeyExisting" >> beam.Map(lambda row: (row["image_uri"], True))
         )
         wanted = uris | "KeyWanted" >> beam.Map(lambda uri: (uri, True))

@@ -12,19 +12,33 @@ import argparse
 import json
 import sys
 
+from captioning.errors import EXIT_ERROR_RATE
+
 HELP = """\
 Caption every image matched by --input globs and/or listed in --input-manifest.
-Writes PREFIX-<run>-*.parquet (captions), PREFIX_errors-<run>-*.parquet (one row per
-input that could not be captioned) and PREFIX_summary.json.
+DIR (--output) holds two Delta Lake tables and the run summary:
+  DIR/captions/     one row per captioned image
+  DIR/errors/       one row per input that could not be captioned
+  DIR/summary.json  counts, error rate, table versions, throughput
+Workers write Parquet files; one commit at the end makes them visible. A run that fails
+or is killed leaves the tables as they were.
 
 required:
   --input GLOB            local or gs:// glob, '**' recurses (repeatable), and/or
   --input-manifest FILE   text (one URI per line) or CSV/Parquet with an image_uri column
-  --output PREFIX         output prefix (local or gs://)
+  --output DIR            output folder (local or gs://)
   --model BUNDLE          model bundle directory (local or gs://)
 
 options:
-  --skip-existing         only caption URIs not already in PREFIX-*.parquet
+  --skip-existing         only caption URIs not already in DIR/captions, and append them
+                          (without it the run replaces the captions)
+  --expect-model-id ID    refuse the bundle unless its content hash is ID (nightly runs)
+  --max-error-rate R      exit 3 when more than R of the listed inputs fail (default 0.05);
+                          errors are still committed; a full rerun then keeps the earlier
+                          captions
+  --allow-empty           let a run whose inputs list nothing, or that captions nothing,
+                          replace the earlier captions (otherwise it is refused)
+  --retention-hours H     earlier table versions stay readable for H hours (default 168)
   --gpu                   GPU workers: shared model per GPU, auto precision, batches of 128.
                           With --runner DataflowRunner it also fills in what you did not give:
                             --experiments use_runner_v2
@@ -54,7 +68,12 @@ way a Dataflow flex template passes them.
 
 Beam options pass through, e.g. --runner DirectRunner (default) --direct_num_workers 2
 --direct_running_mode multi_processing, or --runner DataflowRunner --project P --region R
---temp_location gs://... --sdk_container_image IMAGE --max_num_workers N.
+--temp_location gs://... --sdk_container_image IMAGE --max_num_workers N. A flag that
+is neither the job's nor Beam's is an error (exit status 2), not ignored.
+
+Exit status: 0 done; 2 a mistake or a refused run (nothing committed); 3 committed, but
+the error rate was above --max-error-rate; 4 another run committed a conflicting change
+to the tables at the same time (nothing committed; rerun).
 """
 
 
@@ -64,7 +83,7 @@ def add_parser(subparsers) -> None:
         help="caption an image archive with the Beam pipeline (Parquet out)",
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="captioning caption --input GLOB | --input-manifest FILE --output PREFIX "
+        usage="captioning caption --input GLOB | --input-manifest FILE --output DIR "
         "--model BUNDLE [options] [Beam options]",
     )
     parser.set_defaults(run=run, passthrough=True)
@@ -76,4 +95,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_pipeline(args.beam_args)
     json.dump(summary, sys.stdout, indent=2, default=str)
     print()
+    if summary.get("alert"):  # committed, but a scheduler should raise an alert
+        print(f"captioning caption: alert: {summary['alert']}", file=sys.stderr)
+        return EXIT_ERROR_RATE
     return 0

@@ -82,8 +82,16 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The pipeline module first: every options class the job reads is then defined.
     from pipelines.feature_pipeline import run_features
+    from pipelines.options import CaptionOptions
+    from pipelines.unknown_flags import check_beam_flags
 
+    # Our own flags were parsed out already; they only feed "did you mean". The caption
+    # job's options mean nothing here, so e.g. --skip-existing is an error, not ignored.
+    own = argparse.ArgumentParser(add_help=False)
+    add_arguments(own)
+    check_beam_flags(args.beam_args, own_flags=own._option_string_actions, exclude=[CaptionOptions])
     summary = run_features(args, args.beam_args)
     json.dump(summary, sys.stdout, indent=2, default=str)
     print()

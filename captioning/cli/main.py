@@ -1,8 +1,9 @@
 """Entry point of the ``captioning`` console script.
 
-User mistakes (``UserError``) are printed as one line and exit with status 2; a
-multi-worker run that lost a peer exits with 75 (EX_TEMPFAIL) so the platform restarts it;
-anything else is a bug and keeps its traceback.
+User mistakes and refused runs (``UserError``) are printed as one line and exit with
+status 2; a commit that conflicted with a concurrent run exits with 4; a multi-worker run
+that lost a peer exits with 75 (EX_TEMPFAIL) so the platform restarts it; anything else is
+a bug and keeps its traceback. (Status 3, error rate too high, is the caption command's.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from captioning.cli import (
     synth_command,
     train_command,
 )
-from captioning.errors import EXIT_RESTART, UserError, WorkerLostError
+from captioning.errors import (
+    EXIT_CONFLICT,
+    EXIT_RESTART,
+    EXIT_USAGE,
+    CommitConflictError,
+    UserError,
+    WorkerLostError,
+)
 
 COMMANDS = (
     synth_command,
@@ -74,7 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args) or 0
     except UserError as error:
         print(f"captioning {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except CommitConflictError as error:
+        print(f"captioning {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_CONFLICT
     except WorkerLostError as error:
         print(f"captioning {args.command}: {error}", file=sys.stderr)
         return EXIT_RESTART

@@ -49,6 +49,10 @@ def test_every_command_has_help(command, capsys):
             ["caption", "--input", "/tmp/*.jpg", "--output", "/tmp/o", "--model", "/no/bundle"],
             "not a readable model bundle",
         ),
+        (
+            ["caption", "--input", "/tmp/*.jpg", "--output", "/tmp/o", "--skip-existng"],
+            "unknown option --skip-existng (did you mean --skip-existing?)",
+        ),
     ],
 )
 def test_user_mistakes_print_one_line_and_no_traceback(args, message):

@@ -65,6 +65,9 @@ def test_a_hanging_or_crashing_decoder_costs_one_error_row_each():
 
 
 class FailingHandler(CaptionModelHandler):
+    """Fails outside generation (which the handler would narrow down by splitting the
+    batch), so the whole batch goes to RunInference's dead-letter output."""
+
     def run_inference(self, batch, model, inference_args=None):
         if any(example["width"] == 13 for example in batch):
             raise RuntimeError("device out of memory")
