@@ -20,6 +20,11 @@ class CommitConflictError(Exception):
     nothing there and may be rerun. The CLI exits with ``EXIT_CONFLICT``."""
 
 
+class ErrorRateAlert(Exception):
+    """A run committed, but more of its inputs failed than ``--max-error-rate`` allows.
+    The CLI exits with ``EXIT_ERROR_RATE`` so that a scheduler raises an alert."""
+
+
 # Exit statuses of the CLI, documented in README.md ("Exit status").
 EXIT_USAGE = 2  # a user mistake or a refused run: nothing was committed
 EXIT_ERROR_RATE = 3  # committed, but more inputs failed than --max-error-rate allows

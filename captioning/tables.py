@@ -51,12 +51,24 @@ class DataFile:
 
 
 def storage_options(uri: str) -> dict[str, str] | None:
-    """delta-rs' object-store settings. On ``gs://`` it finds Google credentials itself;
-    with ``STORAGE_EMULATOR_HOST`` set it talks to that emulator instead, unsigned (an
-    emulator must implement the GCS XML API, as fake-gcs-server does)."""
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if uri.startswith("gs://") and emulator:
-        return {"google_base_url": emulator, "google_skip_signature": "true", "allow_http": "true"}
+    """delta-rs' object-store settings. On ``gs://`` it finds Google credentials itself.
+    Against an emulator it needs the emulator's XML API endpoint (delta-rs does not speak
+    the JSON API): ``CAPTIONING_GCS_XML_ENDPOINT``, else ``STORAGE_EMULATOR_HOST`` (right
+    for fake-gcs-server, which serves both), unsigned."""
+    endpoint = os.environ.get("CAPTIONING_GCS_XML_ENDPOINT") or os.environ.get(
+        "STORAGE_EMULATOR_HOST"
+    )
+    if uri.startswith("gs://") and endpoint:
+        # object_store's way to an emulator: a service-account key naming the endpoint,
+        # with OAuth off (no token request to Google, no metadata server).
+        key = {
+            "gcs_base_url": endpoint,
+            "disable_oauth": True,
+            "client_email": "",
+            "private_key": "",
+            "private_key_id": "",
+        }
+        return {"google_service_account_key": json.dumps(key), "allow_http": "true"}
     return None
 
 

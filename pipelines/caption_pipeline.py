@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import (
 
 from captioning import run_layout, tables
 from captioning.config import captioner_config_from_dict
-from captioning.errors import CommitConflictError, UserError
+from captioning.errors import CommitConflictError, ErrorRateAlert, UserError
 from pipelines.bundle_staging import check_model_id, read_model_id
 from pipelines.caption_images import CaptionImages
 from pipelines.caption_model_handler import CaptionModelHandler
@@ -147,7 +147,9 @@ def _start_snapshots(options: CaptionOptions, output: str) -> tuple[int, int]:
     return captions_version, errors_version
 
 
-def resolve_job(options: CaptionOptions, offline: bool = False) -> CaptionJob:
+def resolve_job(
+    options: CaptionOptions, offline: bool = False, on_dataflow: bool = False
+) -> CaptionJob:
     """Check the options, read the bundle's settings and fix the snapshots the run starts
     from. ``offline`` (dry runs) writes nothing and leaves remote outputs and manifests
     alone: the job description then shows the steps a nightly run has."""
@@ -173,10 +175,8 @@ def resolve_job(options: CaptionOptions, offline: bool = False) -> CaptionJob:
     starts = (0, 0) if offline else _start_snapshots(options, output)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
-    existing = None
-    if options.skip_existing:
-        table = run_layout.captions_table(output)
-        existing = [] if offline else tables.committed_files(table, starts[0])
+    table = run_layout.captions_table(output)
+    earlier = [] if offline else tables.committed_files(table, starts[0])
     return CaptionJob(
         options=options,
         run_id=run_id,
@@ -195,8 +195,10 @@ def resolve_job(options: CaptionOptions, offline: bool = False) -> CaptionJob:
             max_error_rate=options.max_error_rate,
             allow_empty=bool(options.allow_empty),
             retention_hours=options.retention_hours,
+            fail_job_on_alert=on_dataflow,
+            earlier_captions=bool(earlier) or offline,
         ),
-        existing_captions=existing,
+        existing_captions=earlier if options.skip_existing else None,
         offline=offline,
     )
 
@@ -206,7 +208,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
     listed = pipeline | "ListInputs" >> ListInputs(
         options.input, options.input_manifest, validate=not job.offline
     )
-    uris = listed["uris"]
+    uris = uris_listed = listed["uris"]
     if job.existing_captions is not None:
         uris = uris | "SkipExisting" >> SkipExisting(job.existing_captions)
     # Spread the listed URIs over the workers before the expensive stages.
@@ -241,7 +243,13 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
         (written_captions, written_errors)
         | "WrittenFiles" >> beam.Flatten()
         | "AllWritten" >> beam.combiners.ToList()
-        | "CommitTables" >> beam.ParDo(CommitTables(job.commit))
+        | "CommitTables"
+        >> beam.ParDo(
+            CommitTables(job.commit),
+            listed=beam.pvalue.AsSingleton(
+                uris_listed | "CountListed" >> beam.combiners.Count.Globally()
+            ),
+        )
     )
 
 
@@ -306,7 +314,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     gpu_defaults = apply_gpu_worker_defaults(options) if on_dataflow and caption_options.gpu else {}
     if on_dataflow and dry_run:
         check_offline_locations(options)
-    job = resolve_job(caption_options, offline=dry_run)
+    job = resolve_job(caption_options, offline=dry_run, on_dataflow=on_dataflow)
     if dry_run:
         return _dry_run(job, options, gpu_defaults)
     log.info("caption run %s: model %s, precision %s", job.run_id, job.model_id, job.precision)
@@ -331,6 +339,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
 
 _CONFLICT = re.compile(r"(\S+): another run committed a conflicting change")
+_ALERT = re.compile(r"committed, but the error rate [^\n'\"\\]*")
 
 
 class _HideConflictTracebacks(logging.Filter):
@@ -338,7 +347,8 @@ class _HideConflictTracebacks(logging.Filter):
     line instead (the CLI's), so its traceback is kept out of the terminal."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _CONFLICT.search(record.getMessage())
+        message = record.getMessage()
+        return not (_CONFLICT.search(message) or _ALERT.search(message))
 
 
 def _run_and_wait(pipeline: beam.Pipeline, wait: bool):
@@ -353,6 +363,9 @@ def _run_and_wait(pipeline: beam.Pipeline, wait: bool):
             result.wait_until_finish()
         return result
     except Exception as error:
+        alert = _ALERT.search(str(error))
+        if alert is not None:
+            raise ErrorRateAlert(alert.group(0)) from None
         match = _CONFLICT.search(str(error))
         if match is None:
             raise

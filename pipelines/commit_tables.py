@@ -8,9 +8,10 @@ Then it vacuums both tables.
 
 What it holds back, so that a night gone wrong does not destroy earlier captions:
 
-- a full rerun that captioned nothing is not committed unless ``--allow-empty``;
+- a full rerun that captioned nothing does not replace earlier captions unless
+  ``--allow-empty``;
 - a full rerun whose error rate is above ``--max-error-rate`` commits its errors (they
-  are data) but not the captions overwrite; the earlier captions stay.
+  are data) but does not replace earlier captions; they stay.
 
 A conflict with a concurrent run raises ``CommitConflictError``, which fails the job.
 """
@@ -50,6 +51,10 @@ class CommitPlan:
     max_error_rate: float
     allow_empty: bool
     retention_hours: int
+    earlier_captions: bool = True  # the start snapshot holds captions a replace removes
+    # Where no launcher waits for the job (Dataflow, flex templates), an error rate above
+    # the limit fails the job after its commit, so that the scheduler alerts.
+    fail_job_on_alert: bool = False
 
     def app_id(self, table: str) -> str:
         return f"captioning-caption-{self.run_id}-{table}"
@@ -62,12 +67,13 @@ class Decision:
     reason: str = ""
 
 
-def decide(plan: CommitPlan, captions: int, errors: int) -> Decision:
-    """Which tables to commit, from the row counts of the run's files."""
-    inputs = captions + errors
+def decide(plan: CommitPlan, captions: int, errors: int, listed: int = 0) -> Decision:
+    """Which tables to commit, from the row counts of the run's files and the number of
+    URIs listed (already captioned ones included: the error rate is of the archive)."""
+    inputs = max(listed, captions + errors)
     rate = errors / inputs if inputs else None
-    if plan.append:
-        return Decision(True, rate)
+    if plan.append or plan.allow_empty or not plan.earlier_captions:
+        return Decision(True, rate)  # nothing earlier would be removed
     if captions == 0 and not plan.allow_empty:
         return Decision(False, rate, "the run captioned nothing (--allow-empty commits that)")
     if rate is not None and rate > plan.max_error_rate:
@@ -145,7 +151,7 @@ class CommitTables(beam.DoFn):
     def __init__(self, plan: CommitPlan) -> None:
         self.plan = plan
 
-    def process(self, written: list[str]):
+    def process(self, written: list[str], listed: int = 0):
         plan = self.plan
         hold_for_test("written")
         started = time.monotonic()
@@ -154,7 +160,7 @@ class CommitTables(beam.DoFn):
         caption_files = describe_files(captions_table, written)
         error_files = describe_files(errors_table, written)
         decision = decide(
-            plan, sum(f.rows for f in caption_files), sum(f.rows for f in error_files)
+            plan, sum(f.rows for f in caption_files), sum(f.rows for f in error_files), listed
         )
         metadata = {"run_id": plan.run_id, "model_id": plan.model_id}
         committed: list[str] = []  # full paths
@@ -195,7 +201,17 @@ class CommitTables(beam.DoFn):
             sum(f.rows for f in error_files),
             versions,
         )
+        rate = decision.error_rate
+        if plan.fail_job_on_alert and rate is not None and rate > plan.max_error_rate:
+            raise ErrorRateExceededError(
+                f"committed, but the error rate {rate:.3f} is above --max-error-rate "
+                f"{plan.max_error_rate:g} (see {run_layout.errors_table(plan.output)})"
+            )
         yield {"captions_committed": decision.commit_captions, "versions": versions}
+
+
+class ErrorRateExceededError(Exception):
+    """Raised after the commit on runners where nobody waits for the job's summary."""
 
 
 def _remove_uncommitted(

@@ -34,14 +34,18 @@ sed -n '2,6p' "$OUT/test_scenes/captions.csv"
 step "5/5 the caption pipeline (Beam, DirectRunner) over a fresh folder of 100 scenes"
 captioning synth --out "$OUT/archive" --count 100 --seed 3
 printf 'not an image' > "$OUT/archive/images/broken.png"
-captioning caption --input "$OUT/archive/images/*.png" --output "$OUT/captions/run" \
+captioning caption --input "$OUT/archive/images/*.png" --output "$OUT/captions" \
   --model "$OUT/bundle"
-python - "$OUT/captions/run" <<'PY'
+python - "$OUT/captions" <<'PY'
 import sys, duckdb
-prefix = sys.argv[1]
-print(duckdb.sql(f"SELECT regexp_extract(image_uri, '[^/]+$') AS image, caption, round(score, 3) AS score, width, height FROM '{prefix}-*.parquet' ORDER BY image LIMIT 5"))
-print(duckdb.sql(f"SELECT regexp_extract(image_uri, '[^/]+$') AS image, stage, error_type, message FROM '{prefix}_errors-*.parquet'"))
+from deltalake import DeltaTable
+out = sys.argv[1]
+# The committed snapshot of each Delta table, queried with DuckDB.
+captions = DeltaTable(f"{out}/captions").to_pyarrow_dataset()
+errors = DeltaTable(f"{out}/errors").to_pyarrow_dataset()
+print(duckdb.sql("SELECT regexp_extract(image_uri, '[^/]+$') AS image, caption, round(score, 3) AS score, width, height FROM captions ORDER BY image LIMIT 5"))
+print(duckdb.sql("SELECT regexp_extract(image_uri, '[^/]+$') AS image, stage, error_type, message FROM errors"))
 PY
 echo "the run's HTML report (opens from disk in any browser):" >&2
-captioning report --captions "$OUT/captions/run" --out "$OUT/report" \
+captioning report --captions "$OUT/captions" --out "$OUT/report" \
   --evaluation "$OUT/per_image.csv" --evaluation-images "$OUT/test_scenes/images"

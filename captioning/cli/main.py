@@ -26,9 +26,11 @@ from captioning.cli import (
 )
 from captioning.errors import (
     EXIT_CONFLICT,
+    EXIT_ERROR_RATE,
     EXIT_RESTART,
     EXIT_USAGE,
     CommitConflictError,
+    ErrorRateAlert,
     UserError,
     WorkerLostError,
 )
@@ -83,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"captioning {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except ErrorRateAlert as error:
+        print(f"captioning {args.command}: alert: {error}", file=sys.stderr)
+        return EXIT_ERROR_RATE
     except CommitConflictError as error:
         print(f"captioning {args.command}: error: {error}", file=sys.stderr)
         return EXIT_CONFLICT

@@ -3,14 +3,18 @@
 The same launch as ``flex_launch_body.json`` (the Cloud Scheduler job), with the
 deployment's names read from Airflow Variables when the task runs: captioning_project,
 captioning_region, captioning_bucket, captioning_template (gs:// path of the template
-spec) and captioning_image (the worker image). Install it with:
+spec), captioning_image (the worker image) and captioning_model_id (the model id the
+night trusts: the bundle's manifest.json model_id). Install it with:
 
     gcloud composer environments storage dags import --environment ENV \
         --location REGION --source deploy/schedule/caption_nightly_dag.py
 
 ``skip_existing`` makes each night caption only the URIs that are not yet in the
-captions under the (unchanging) output prefix, so the job's cost follows what the
-bucket gained, not its size.
+captions table under the (unchanging) output folder, so the job's cost follows what the
+bucket gained, not its size. ``expect_model_id`` refuses a bundle whose content is not
+the pinned model (a replaced or edited models/current). The task fails, and so alerts,
+when the job fails: a refused bundle, a conflicting concurrent run, or a commit above the
+error rate (max_error_rate, default 0.05).
 """
 
 import pendulum
@@ -39,6 +43,8 @@ with DAG(
                     "output": "gs://{{ var.value.captioning_bucket }}/captions/archive",
                     "model": "gs://{{ var.value.captioning_bucket }}/models/current",
                     "skip_existing": "true",
+                    # Pin the bundle: a replaced or edited models/current is refused.
+                    "expect_model_id": "{{ var.value.captioning_model_id }}",
                     "gpu": "true",
                     "sdk_container_image": "{{ var.value.captioning_image }}",
                 },
