@@ -1,9 +1,9 @@
 """FeatureModelHandler: Beam's RunInference contract around the frozen image backbone.
 
 Every worker builds the encoder the trainer would build for the same config and
-loads the one backbone weights file the launcher saved (``PREFIX_backbone.weights.h5``),
-so all workers, and later the trainer and its bundle, share one backbone even
-when it is randomly initialised.
+loads the one backbone weights file the launcher saved for the run
+(``DIR/backbone-<run>.weights.h5``), so all workers, and later the trainer and its
+bundle, share one backbone even when it is randomly initialised.
 """
 
 from __future__ import annotations

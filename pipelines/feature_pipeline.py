@@ -1,14 +1,26 @@
 """The features job: a captioned dataset -> frozen-backbone features in TFRecord shards.
 
     ListInputs -> ReadImages -> DecodeImages -> EncodeImages -> WriteFeatures (TFRecord + index)
-         \\____________\\______________\\______________\\-> WriteErrors (Parquet)
+         \\____________\\______________\\______________\\-> WriteErrors (errors table files)
 
-The same read and decode stages, and the same errors table, as the caption job.
-Before the pipeline runs, the launcher builds the backbone once and saves its
-weights and a spec beside the output (see ``captioning.training.feature_spec``);
-every worker loads that one weights file. Run it with ``captioning features`` or
-``python -m pipelines.feature_pipeline``; tests call
-``run(argv, test_pipeline=TestPipeline(...))``.
+The same read and decode stages, and the same errors schema, as the caption job. Its
+output is ``--output DIR`` in the layout of ``captioning.run_layout``. The launcher
+builds the backbone once and saves it as the run's own ``DIR/backbone-<run>.weights.h5``
+(every worker loads that one file), runs the pipeline, which writes the run's shards,
+index and error files beside the committed run's, and then commits, in this order:
+
+1. the errors table, ``replace_read`` from the version the run started from;
+2. ``DIR/features.json``, the spec naming the run's files and that errors table
+   version, in one atomic write. This is the commit: readers follow the spec only, so
+   until it is written they see the previous run, whole.
+
+Then it deletes the files of the run the spec named before, those that runs which never
+committed left behind once they are older than ``--retention-hours`` (a younger one may
+belong to a run still going), and vacuums the errors table. A run killed at any point
+leaves the committed run intact; a run that computed no features commits nothing.
+
+Run it with ``captioning features`` or ``python -m pipelines.feature_pipeline``; tests
+call ``run(argv, test_pipeline=TestPipeline(...))``.
 """
 
 from __future__ import annotations
@@ -17,7 +29,11 @@ import argparse
 import dataclasses
 import datetime
 import io
+import json
 import logging
+import os
+import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -31,6 +47,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from captioning import run_layout, tables
 from captioning.cli.features_command import add_arguments
 from captioning.cli.model_flags import apply_model_flags
 from captioning.config import CaptionerConfig
@@ -39,16 +56,8 @@ from captioning.errors import UserError
 from captioning.precision import dtype_policy, resolve_precision
 from captioning.presets import get_preset
 from captioning.training.example_cache import weights_identity
-from captioning.training.feature_spec import (
-    FeatureSpec,
-    backbone_path,
-    build_feature_encoder,
-    errors_glob,
-    file_sha256,
-    index_prefix,
-    shards_prefix,
-    spec_path,
-)
+from captioning.training.feature_spec import FeatureSpec, build_feature_encoder, file_sha256
+from pipelines.commit_tables import describe_files, hold_for_test
 from pipelines.decode_images import DecodeImages
 from pipelines.feature_images import EncodeImages
 from pipelines.feature_model_handler import FeatureModelHandler
@@ -58,6 +67,16 @@ from pipelines.write_outputs import WriteErrors
 
 log = logging.getLogger("captioning.pipeline")
 
+# Run ids are "<UTC stamp>-<6 hex>" (resolve_job); every file a run writes carries its id.
+_RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{6}")
+_BEAM_TEMP = "beam-temp-"
+
+
+def inputs_path(output: str, run_id: str) -> str:
+    """The run's list of image URIs, read by the workers; deleted once the run commits.
+    (Not a reader's file, so not in ``run_layout``'s table of outputs.)"""
+    return run_layout.join(output, run_layout.SHARDS_FOLDER, f"inputs-{run_id}.txt")
+
 
 @dataclass
 class FeatureJob:
@@ -65,16 +84,22 @@ class FeatureJob:
 
     args: argparse.Namespace
     run_id: str
-    output: str
+    output: str  # DIR: absolute when local
     images: str
     captions: str
     names: list[str]
     config: CaptionerConfig
     precision: str
+    errors_start: int  # the errors table version the run starts from
+    retention_hours: int
 
     @property
     def manifest(self) -> str:
-        return f"{self.output}_inputs.txt"
+        return inputs_path(self.output, self.run_id)
+
+    @property
+    def errors_app_id(self) -> str:
+        return f"captioning-features-{self.run_id}-{run_layout.ERRORS_TABLE}"
 
 
 def feature_config(
@@ -89,10 +114,22 @@ def feature_config(
     return dataclasses.replace(config, encoder=encoder), train_config.precision
 
 
+def _output_folder(output: str) -> str:
+    if not is_local(output):
+        return output.rstrip("/")
+    path = Path(output.removeprefix("file://")).absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output {output} is a file; it names a folder for the features")
+    return str(path)
+
+
 def resolve_job(args: argparse.Namespace) -> FeatureJob:
     if args.min_batch_size < 1 or args.max_batch_size < args.min_batch_size:
         raise UserError("need 1 <= --min-batch-size <= --max-batch-size")
+    if args.retention_hours < 0:
+        raise UserError("--retention-hours must be 0 or more")
     config, preset_precision = feature_config(args.preset, args.image_size, args.backbone_weights)
+    output = _output_folder(args.output)
     images = args.images.rstrip("/")
     if is_local(images):
         if not Path(images).is_dir():
@@ -106,22 +143,58 @@ def resolve_job(args: argparse.Namespace) -> FeatureJob:
         raise UserError(f"no images in {args.captions}")
     log.info(data.report.summary())
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    errors_start = tables.ensure_table(
+        run_layout.errors_table(output), run_layout.ERRORS_SCHEMA, args.retention_hours
+    )
     return FeatureJob(
         args=args,
         run_id=f"{stamp}-{uuid.uuid4().hex[:6]}",
-        output=args.output,
+        output=output,
         images=images,
         captions=str(Path(args.captions).resolve()),
         names=names,
         config=config,
         precision=resolve_precision(args.precision or preset_precision),
+        errors_start=errors_start,
+        retention_hours=args.retention_hours,
     )
 
 
 def write_spec(spec: FeatureSpec, output: str) -> None:
-    # Through Beam's filesystems, like every other output of the job.
-    with FileSystems.create(spec_path(output), mime_type="application/json") as handle:
-        handle.write(spec.to_json().encode())
+    """Write ``DIR/features.json`` in one step, so a reader (or a kill) never meets half a
+    spec: locally a temporary file beside it renamed over it (``os.replace`` is atomic on
+    one filesystem); on gs:// one object write, which GCS makes visible whole."""
+    path = run_layout.feature_spec_path(output)
+    data = spec.to_json().encode()
+    if not is_local(path):
+        with FileSystems.create(path, mime_type="application/json") as handle:
+            handle.write(data)
+        return
+    path = path.removeprefix("file://")
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        dir=folder, prefix=f".{run_layout.FEATURE_SPEC_FILE}.", suffix=".tmp", delete=False
+    ) as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def _committed_run_id(output: str) -> str | None:
+    """The run the current spec names (its files are replaced by this run's), if any."""
+    path = run_layout.feature_spec_path(output)
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            run_id = json.loads(handle.read()).get("run_id")
+    except Exception:  # noqa: BLE001 - no spec, or not one: nothing to replace
+        return None
+    return run_id if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) else None
 
 
 def _copy(local: str, destination: str) -> None:
@@ -131,7 +204,8 @@ def _copy(local: str, destination: str) -> None:
 
 
 def prepare_outputs(job: FeatureJob) -> FeatureSpec:
-    """Save the backbone weights, the input list and the (not yet complete) spec."""
+    """Save the run's backbone weights and input list; return the run's spec, not yet
+    written (it is written only when the run commits)."""
     weights = job.config.encoder.backbone_weights
     try:
         with dtype_policy(job.precision):
@@ -140,15 +214,17 @@ def prepare_outputs(job: FeatureJob) -> FeatureSpec:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(f"cannot build the backbone with weights {weights}: {first_line}") from None
     if is_local(job.output):
-        Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(job.output, run_layout.SHARDS_FOLDER).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as local:
         saved = str(Path(local) / "backbone.weights.h5")
         encoder.backbone.save_weights(saved)
         sha256 = file_sha256(saved)
-        _copy(saved, backbone_path(job.output))
+        # The run's own file: the committed run's backbone stays as it is until this
+        # run commits.
+        _copy(saved, run_layout.backbone_path(job.output, job.run_id))
     with FileSystems.create(job.manifest, mime_type="text/plain") as handle:
         handle.write("".join(image_uri(job.images, name) + "\n" for name in job.names).encode())
-    spec = FeatureSpec(
+    return FeatureSpec(
         run_id=job.run_id,
         captions=job.captions,
         captions_format=job.args.format,
@@ -161,8 +237,6 @@ def prepare_outputs(job: FeatureJob) -> FeatureSpec:
         precision=job.precision,
         feature_shape=(encoder.grid_size, encoder.backbone_channels),
     )
-    write_spec(spec, job.output)
-    return spec
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: FeatureJob) -> None:
@@ -179,7 +253,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: FeatureJob) -> None:
     )
     handler = FeatureModelHandler(
         job.config,
-        backbone_path(job.output),
+        run_layout.backbone_path(job.output, job.run_id),
         precision=job.precision,
         min_batch_size=args.min_batch_size,
         max_batch_size=args.max_batch_size,
@@ -195,49 +269,163 @@ def build_pipeline(pipeline: beam.Pipeline, job: FeatureJob) -> None:
     _ = errors | "WriteErrors" >> WriteErrors(job.output, job.run_id)
 
 
-def _written_counts(job: FeatureJob) -> dict[str, Any]:
-    """What the run wrote, counted from its output files (exact on every runner)."""
+def _matched(pattern: str) -> list[str]:
+    return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
+
+
+@dataclass
+class Written:
+    """The files the finished pipeline wrote for this run, found by the run's own id."""
+
+    shards: list[str]  # relative to DIR, as the spec names them
+    index: list[str]
+    errors: list[tables.DataFile]  # relative to the errors table's folder
+    counts: dict[str, Any]
+
+
+def collect_written(job: FeatureJob) -> Written:
+    """The run's files and what they hold (exact on every runner: counted from the files)."""
+    folder = job.output.rstrip("/") + "/"
+
+    def relative(path: str) -> str:
+        return path[len(folder) :] if path.startswith(folder) else path
+
+    shards = _matched(run_layout.shards_glob(job.output, job.run_id))
+    index = _matched(run_layout.index_glob(job.output, job.run_id))
     features = 0
-    index = FileSystems.match([index_prefix(job.output, job.run_id) + "-*.txt"])[0]
-    for match in index.metadata_list:
-        with FileSystems.open(match.path) as handle:
+    for path in index:
+        with FileSystems.open(path) as handle:
             features += sum(1 for line in handle.read().splitlines() if line)
+    table = run_layout.errors_table(job.output)
+    error_paths = _matched(run_layout.data_file_prefix(table, job.run_id) + "-*.parquet")
     stages: Counter = Counter()
-    errors = FileSystems.match([errors_glob(job.output, job.run_id)])[0]
-    for match in errors.metadata_list:
-        with FileSystems.open(match.path) as handle:
-            table = pq.read_table(io.BytesIO(handle.read()), columns=["stage"])
-        stages.update(table.column("stage").to_pylist())
-    return {
+    for path in error_paths:
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            rows = pq.read_table(io.BytesIO(handle.read()), columns=["stage"])
+        stages.update(rows.column("stage").to_pylist())
+    counts = {
         "inputs": len(job.names),
         "features": features,
         "errors": sum(stages.values()),
         "errors_by_stage": dict(sorted(stages.items())),
     }
+    return Written(
+        [relative(p) for p in shards],
+        [relative(p) for p in index],
+        describe_files(table, error_paths),
+        counts,
+    )
 
 
-def remove_earlier_runs(output: str, run_id: str) -> int:
-    """Delete the shards, indexes and error tables of earlier runs under this prefix."""
+def commit_run(job: FeatureJob, spec: FeatureSpec, written: Written) -> FeatureSpec:
+    """Commit the errors, then the spec (the pointer to the run); returns the spec written.
+    Raises ``CommitConflictError`` when the errors table could not be committed; then
+    the spec is not written and the committed run stays."""
+    hold_for_test("features-written")
+    table = run_layout.errors_table(job.output)
+    version = tables.commit(
+        table,
+        [file for file in written.errors if file.rows],
+        "replace_read",
+        job.errors_start,
+        job.errors_app_id,
+        run_layout.ERRORS_SCHEMA,
+        {"run_id": job.run_id, "job": "features"},
+    )
+    if version is None:  # this run's transaction is in already (a retried commit step)
+        version = tables.version(table)
+    hold_for_test("features-errors-committed")
+    committed = dataclasses.replace(
+        spec,
+        complete=True,
+        counts=written.counts,
+        shards=tuple(written.shards),
+        index=tuple(written.index),
+        errors_version=version,
+    )
+    write_spec(committed, job.output)
+    return committed
+
+
+def _run_of(output: str, path: str) -> str | None:
+    """The run that wrote ``path`` (a file or Beam temporary folder under DIR)."""
+    folder = output.rstrip("/") + "/"
+    found = _RUN_ID.search(path[len(folder) :] if path.startswith(folder) else path)
+    return found.group(0) if found else None
+
+
+def remove_stale_runs(
+    output: str, run_id: str, replaced: str | None, retention_hours: int
+) -> list[str]:
+    """After ``run_id`` committed: delete the files of the run it replaced, this run's own
+    leftovers (input list, Beam temporary files), and the files of runs that never
+    committed once they are older than the retention (a younger one may be a run still
+    writing). Returns the deleted paths."""
+    cutoff = time.time() - retention_hours * 3600
+    shards = run_layout.join(output, run_layout.SHARDS_FOLDER)
+    errors = run_layout.errors_table(output)
+
+    def stale(path: str, updated: float) -> bool:
+        run = _run_of(output, path)
+        if run is None:  # not a features run's file: not ours to delete
+            return False
+        if run == run_id:
+            return _BEAM_TEMP in path or path == inputs_path(output, run_id)
+        return run == replaced or updated < cutoff
+
     patterns = [
-        shards_prefix(output, "*") + ".tfrecord",
-        index_prefix(output, "*") + ".txt",
-        errors_glob(output, "*"),
+        run_layout.join(shards, "*"),
+        run_layout.join(shards, _BEAM_TEMP + "*", "*"),
+        run_layout.join(errors, _BEAM_TEMP + "*", "*"),
+        run_layout.backbone_path(output, "*"),
     ]
-    stale = [
-        metadata.path
-        for result in FileSystems.match(patterns)
-        for metadata in result.metadata_list
-        if f"-{run_id}-" not in metadata.path
-    ]
-    if stale:
-        FileSystems.delete(stale)
-    return len(stale)
+    files = [m for result in FileSystems.match(patterns) for m in result.metadata_list]
+    deleted = sorted({m.path for m in files if stale(m.path, m.last_updated_in_seconds)})
+    folders = []  # local folders stay, even when Beam emptied them
+    if is_local(output):  # judged before their files go, which makes them look new
+        temp = [*Path(shards).glob(_BEAM_TEMP + "*"), *Path(errors).glob(_BEAM_TEMP + "*")]
+        folders = [str(f) for f in temp if f.is_dir() and stale(str(f), f.stat().st_mtime)]
+    if deleted:
+        FileSystems.delete(deleted)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    return deleted + folders
+
+
+def _tidy(job: FeatureJob, written: Written, replaced: str | None) -> None:
+    """After the commit, best effort: a failure here must not fail a committed run."""
+    try:
+        empty = [f.path for f in written.errors if not f.rows]  # not committed
+        table = run_layout.errors_table(job.output)
+        if empty:
+            FileSystems.delete([run_layout.join(table, path) for path in empty])
+        removed = remove_stale_runs(job.output, job.run_id, replaced, job.retention_hours)
+        if removed:
+            log.info("removed %d files of earlier runs", len(removed))
+        tables.vacuum(table, job.retention_hours)
+    except Exception as error:  # noqa: BLE001 - the next run tries again
+        log.warning(
+            "tidying %s after the commit failed (%s); the next run retries", job.output, error
+        )
+
+
+def _discard(job: FeatureJob, written: Written) -> None:
+    """A run that is not committed: its files go now, not a retention later."""
+    table = run_layout.errors_table(job.output)
+    paths = [run_layout.join(job.output, name) for name in [*written.shards, *written.index]]
+    paths += [run_layout.join(table, file.path) for file in written.errors]
+    paths.append(run_layout.backbone_path(job.output, job.run_id))
+    try:
+        FileSystems.delete(paths)
+        remove_stale_runs(job.output, job.run_id, None, job.retention_hours)
+    except Exception as error:  # noqa: BLE001 - a later run's clean-up removes them
+        log.warning("could not remove the files of run %s (%s)", job.run_id, error)
 
 
 def run_features(
     args: argparse.Namespace, beam_args: list[str], test_pipeline: beam.Pipeline | None = None
 ) -> dict[str, Any]:
-    """Run the features job; returns its summary (also kept in PREFIX_features.json)."""
+    """Run the features job and commit it; returns its summary (the spec keeps the counts)."""
     job = resolve_job(args)
     spec = prepare_outputs(job)
     log.info(
@@ -254,19 +442,34 @@ def run_features(
     build_pipeline(pipeline, job)
     pipeline.run().wait_until_finish()
     seconds = time.monotonic() - started
-    counts = _written_counts(job)
+    written = collect_written(job)
+    counts = written.counts
     if counts["features"] + counts["errors"] != counts["inputs"]:
         log.warning("features run %s lost images: %s", job.run_id, counts)
-    write_spec(dataclasses.replace(spec, complete=True, counts=counts), job.output)
-    removed = remove_earlier_runs(job.output, job.run_id)
-    if removed:
-        log.info("removed %d files of earlier runs", removed)
+    if counts["features"] == 0:
+        # Committing would replace usable features with none.
+        _discard(job, written)
+        raise UserError(
+            f"features run {job.run_id} computed no features ({counts['errors']} errors: "
+            f"{counts['errors_by_stage']}); nothing was committed, {job.output} is unchanged"
+        )
+    replaced = _committed_run_id(job.output)
+    committed = commit_run(job, spec, written)
+    log.info(
+        "committed features run %s to %s (errors table version %s)%s",
+        job.run_id,
+        run_layout.feature_spec_path(job.output),
+        committed.errors_version,
+        f"; it replaces run {replaced}" if replaced else "",
+    )
+    _tidy(job, written, replaced)
     return {
         "run_id": job.run_id,
         "output": job.output,
         **counts,
         "feature_shape": list(spec.feature_shape),
         "precision": job.precision,
+        "errors_version": committed.errors_version,
         "wall_seconds": round(seconds, 2),
         "images_per_second": round(counts["features"] / seconds, 2) if seconds > 0 else None,
     }

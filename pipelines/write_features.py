@@ -1,5 +1,7 @@
 """WriteFeatures: (uri, features) -> sharded TFRecords of tf.train.Example, plus a name index.
 
+The files land in ``DIR/shards/`` under the run's id (``captioning.run_layout``), beside
+the committed run's; nothing reads them until the launcher commits the run's spec.
 Records are keyed by the image's name relative to the images directory (the
 name in the captions file), which is how the trainer looks them up. The index
 (text, one name per line) lets the trainer check that every image it trains
@@ -11,12 +13,8 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from captioning.training.feature_spec import (
-    feature_record,
-    image_name,
-    index_prefix,
-    shards_prefix,
-)
+from captioning import run_layout
+from captioning.training.feature_spec import feature_record, image_name
 
 
 def image_uri(images: str, name: str) -> str:
@@ -25,6 +23,8 @@ def image_uri(images: str, name: str) -> str:
 
 
 class WriteFeatures(beam.PTransform):
+    """(uri, features) -> the run's shard and index files; outputs their paths."""
+
     def __init__(self, output: str, run_id: str, images: str) -> None:
         super().__init__()
         self.output = output
@@ -41,13 +41,15 @@ class WriteFeatures(beam.PTransform):
             | "Serialize" >> beam.MapTuple(feature_record)
             | "WriteToTFRecord"
             >> beam.io.WriteToTFRecord(
-                shards_prefix(self.output, self.run_id), file_name_suffix=".tfrecord"
+                run_layout.shards_prefix(self.output, self.run_id), file_name_suffix=".tfrecord"
             )
         )
         indexed = (
             named
             | "Names" >> beam.MapTuple(lambda name, _: name)
             | "WriteIndex"
-            >> beam.io.WriteToText(index_prefix(self.output, self.run_id), file_name_suffix=".txt")
+            >> beam.io.WriteToText(
+                run_layout.index_prefix(self.output, self.run_id), file_name_suffix=".txt"
+            )
         )
         return (written, indexed) | "WrittenFiles" >> beam.Flatten()

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -77,3 +82,60 @@ def gcs(tmp_path_factory):
     yield client.bucket(GCS_BUCKET)
     patch.undo()
     server.stop()
+
+
+def _wait_until_up(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up")
+
+
+@pytest.fixture(scope="module")
+def gcs_process():
+    """The GCS emulator and an XML API front end (``tests.gcs_xml_api``), each in a process
+    of its own, for tests whose tables are on gs://: delta-rs reaches GCS through the XML
+    API, and holds the GIL while it waits, so an in-process server (``gcs``) never answers
+    it. Yields the bucket (a google-cloud-storage client's, JSON API)."""
+    port = _free_port()
+    emulator = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom gcp_storage_emulator.server import create_server\n"
+            f"create_server('127.0.0.1', {port}, in_memory=True, "
+            f"default_bucket={GCS_BUCKET!r}).start()\nwhile True: time.sleep(60)",
+        ]
+    )
+    emulator_url = f"http://127.0.0.1:{port}"
+    _wait_until_up(emulator_url)
+    env = dict(
+        os.environ,
+        STORAGE_EMULATOR_HOST=emulator_url,
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    front = subprocess.Popen(
+        [sys.executable, "-m", "tests.gcs_xml_api", GCS_BUCKET],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    xml_url = front.stdout.readline().strip()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("STORAGE_EMULATOR_HOST", emulator_url)
+    patch.setenv("CAPTIONING_GCS_XML_ENDPOINT", xml_url)
+    patch.setenv("NO_GCE_CHECK", "true")
+    patch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+    from google.cloud import storage
+
+    yield storage.Client.create_anonymous_client().bucket(GCS_BUCKET)
+    patch.undo()
+    for process in (front, emulator):
+        process.kill()
+        process.wait(10)

@@ -1,6 +1,6 @@
 """``captioning features``: frozen-backbone features of a captioned dataset, by a Beam job.
 
-``captioning train --features PREFIX`` then trains from the shards instead of
+``captioning train --features DIR`` then trains from the shards instead of
 running the backbone itself, so preprocessing a large training set is spread
 over Beam workers. Flags the command does not know pass through to Beam
 (``--runner``, ``--project``, ``--direct_num_workers``...), as for ``caption``.
@@ -15,15 +15,22 @@ import sys
 
 from captioning.cli.model_flags import add_model_flags
 
+# captioning.tables' default, without importing deltalake to build the parser.
+DEFAULT_RETENTION_HOURS = 168
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 HELP = """\
 Compute the frozen InceptionV3 features of every image in a captions file (all splits)
-with a Beam pipeline, for `captioning train --features PREFIX`. Writes
-PREFIX_features.json (what made the features), PREFIX_backbone.weights.h5 (the backbone
-that made them; the trainer puts it into the bundle), PREFIX_features-<run>-*.tfrecord,
-PREFIX_index-<run>-*.txt and PREFIX_errors-<run>-*.parquet (one row per image without
-features, same table as the caption job's).
+with a Beam pipeline, for `captioning train --features DIR`. Writes into the folder DIR:
+features.json (what made the features, and which run's files they are),
+backbone-<run>.weights.h5 (the backbone that made them; the trainer puts it into the
+bundle), shards/features-<run>-*.tfrecord, shards/index-<run>-*.txt, and errors/, a Delta
+table with one row per image without features (the caption job's errors schema).
+
+A run commits at its end by writing features.json; until then readers see the previous
+run, whole, and a killed run changes nothing they read. After its commit a run deletes
+the previous run's files, and files of runs that never committed once they are older
+than --retention-hours.
 
 Use the same --preset, --image-size and --backbone-weights you will train with.
 Beam options pass through, e.g. --runner DirectRunner --direct_num_workers 2
@@ -42,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images", required=True, help="directory holding the images (local or gs://)"
     )
-    parser.add_argument("--output", required=True, help="output prefix (local or gs://)")
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="folder for the features (local or gs://); a rerun replaces them when it commits",
+    )
     add_model_flags(parser)
     parser.add_argument(
         "--precision",
@@ -57,6 +69,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=30.0,
         help="seconds one image may take to decode before it is an error",
+    )
+    parser.add_argument(
+        "--retention-hours",
+        type=int,
+        default=DEFAULT_RETENTION_HOURS,
+        metavar="H",
+        help="files of runs that never committed, and earlier versions of the errors "
+        f"table, are kept H hours (default {DEFAULT_RETENTION_HOURS}); 0 removes them "
+        "when the run commits, for when no other features run writes to DIR",
     )
     parser.add_argument(
         "--no-decode-isolation",
@@ -74,7 +95,7 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         # A Beam flag must never be taken for an abbreviation of ours.
         allow_abbrev=False,
-        usage="captioning features --captions FILE --images DIR --output PREFIX [options] "
+        usage="captioning features --captions FILE --images DIR --output DIR [options] "
         "[Beam options]",
     )
     add_arguments(parser)

@@ -1,4 +1,6 @@
-"""``captioning report``: a static HTML report of a caption run (opens from disk, no server)."""
+"""``captioning report``: a static HTML report of a caption run (opens from disk, no server).
+
+The run is named by its ``--output`` folder; ``captioning.reports.run_report`` reads it."""
 
 from __future__ import annotations
 
@@ -9,15 +11,28 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "report",
         help="write a static HTML report of a caption run",
-        description="Write DIR/index.html: the run summary, a gallery of thumbnails with "
+        description="Write OUT/index.html: the run summary, a gallery of thumbnails with "
         "captions and scores (sortable, filterable; on large runs a sample of the lowest- "
         "and highest-scoring captions and a random one), errors by stage and type, and the "
-        "error rows. The page needs no server and no network.",
+        "error rows. It reads what the run committed to its tables (DIR/captions, "
+        "DIR/errors), never the files of a run that did not commit, and DIR/summary.json. "
+        "The page needs no server and no network.",
     )
     parser.add_argument(
-        "--captions", required=True, metavar="PREFIX", help="the --output PREFIX of the run"
+        "--captions",
+        required=True,
+        metavar="DIR",
+        help="the --output DIR of the caption run (its captions and errors tables and "
+        "summary.json)",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="report directory")
+    parser.add_argument("--out", required=True, metavar="OUT", help="report directory")
+    parser.add_argument(
+        "--version",
+        type=int,
+        metavar="N",
+        help="report version N of the captions table (time travel, within the run's "
+        "--retention-hours) with the errors its run committed; default: the latest",
+    )
     parser.add_argument("--lowest", type=int, default=50, help="lowest-scoring captions shown")
     parser.add_argument("--highest", type=int, default=50, help="highest-scoring captions shown")
     parser.add_argument("--random", type=int, default=100, help="random captions shown")
@@ -60,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         worst=args.worst,
         thumbnails=args.thumbnails,
         thumbnail_size=args.thumbnail_size,
+        version=args.version,
     )
     path = build_report(
         args.captions,

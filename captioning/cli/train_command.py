@@ -74,9 +74,9 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--features",
-        metavar="PREFIX",
-        help="train from the shards of `captioning features --output PREFIX` (frozen backbone; "
-        "image and backbone settings come from PREFIX_features.json)",
+        metavar="DIR",
+        help="train from the committed run of `captioning features --output DIR` (frozen "
+        "backbone; image and backbone settings come from DIR/features.json)",
     )
     parser.add_argument(
         "--example-cache",

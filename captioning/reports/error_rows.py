@@ -1,4 +1,6 @@
-"""The errors table of a run, streamed: counts by stage and type, and the first rows up to a cap."""
+"""The errors table of a run, streamed: counts by stage and type, and the first rows up to a cap.
+
+The table is given as the data files of one committed version, as for ``sampling``."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ sort and filter read ``data-`` attributes, so no data is ever placed in script.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 
 from captioning.reports.error_rows import ErrorSummary
@@ -30,15 +30,17 @@ class ShownImage:
 
 @dataclass
 class ReportContent:
-    prefix: str
+    output: str  # the run's --output folder
     generated_at: str
-    summary: dict | None  # PREFIX_summary.json, when the run wrote one
+    summary: dict | None  # DIR/summary.json, when it describes the tables shown
     captions: CaptionSample | None  # None when the run has no captions table
     errors: ErrorSummary | None  # None when the run has no errors table
     evaluation: EvaluationWorst | None
     images: dict[str, ShownImage]  # by image URI
     sample_sizes: tuple[int, int, int]  # lowest, highest, random
     seed: int
+    table_versions: dict[str, int] = field(default_factory=dict)  # the versions read
+    notes: list[str] = field(default_factory=list)  # e.g. an earlier version is shown
 
 
 def _text(value) -> str:
@@ -96,10 +98,12 @@ def _summary_section(content: ReportContent) -> str:
         _tile("Wall time", "n/a" if wall is None else f"{wall:,.1f} s"),
     ]
     model_ids = captions.model_ids if captions else {}
+    versions = ", ".join(f"{name} {v}" for name, v in content.table_versions.items())
     facts = [
         ("Run id", summary.get("run_id", "n/a (no summary file)")),
         ("Model id", summary.get("model_id") or ", ".join(model_ids) or "n/a"),
-        ("Output prefix", content.prefix),
+        ("Output folder", content.output),
+        ("Table versions", versions or "n/a"),
         ("Skipped (already captioned)", _number(summary.get("skipped_existing"))),
         (
             "Rows in captions table",
@@ -110,6 +114,17 @@ def _summary_section(content: ReportContent) -> str:
             f"{error_rows:,} in {_count(len(errors.files) if errors else 0, 'file')}",
         ),
     ]
+    if summary.get("error_rate") is not None:
+        limit = summary.get("max_error_rate")
+        facts.append(
+            (
+                "Error rate (of listed inputs)",
+                f"{summary['error_rate']:.2%}"
+                + ("" if limit is None else f" (--max-error-rate {limit:.2%})"),
+            )
+        )
+    if summary.get("captions_committed") is False:
+        facts.append(("Captions committed", "no: the earlier captions were kept"))
     if len(model_ids) > 1:
         facts.append(
             ("Model ids in table", ", ".join(f"{m} ({n:,})" for m, n in model_ids.items()))
@@ -124,9 +139,15 @@ def _summary_section(content: ReportContent) -> str:
         )
     facts.append(("Report generated", content.generated_at))
     fact_rows = "".join(f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>" for k, v in facts)
+    # An alert of the run (too many errors, nothing captioned) and notes on what is shown
+    # come first: a reader must not take held-back or earlier captions for tonight's.
+    alert = summary.get("alert")
+    banners = (
+        f'<p class="alert" role="alert"><strong>Alert:</strong> {_text(alert)}</p>' if alert else ""
+    ) + "".join(f'<p class="note">Note: {_text(note)}.</p>' for note in content.notes)
     return (
         '<section id="summary"><h2>Run summary</h2>'
-        f'<div class="tiles">{"".join(tiles)}</div>'
+        f'{banners}<div class="tiles">{"".join(tiles)}</div>'
         f'<div class="columns"><table class="facts">{fact_rows}</table>'
         f"{_error_counts(content)}</div></section>"
     )
@@ -263,7 +284,12 @@ def _evaluation_section(content: ReportContent) -> str:
 
 def _error_rows_section(content: ReportContent) -> str:
     errors = content.errors
-    if errors is None or not errors.total:
+    if errors is None:
+        return (
+            '<section id="error-rows"><h2>Errors</h2>'
+            '<p class="empty">The run folder has no errors table.</p></section>'
+        )
+    if not errors.total:
         return (
             '<section id="error-rows"><h2>Errors</h2>'
             '<p class="empty">No errors table rows: every input was captioned.</p></section>'
@@ -291,12 +317,12 @@ def _timestamp(value) -> str:
 
 def render_report(content: ReportContent) -> str:
     """The whole page as one string."""
-    title = f"Caption report: {_name(content.prefix)}"
+    title = f"Caption report: {_name(content.output)}"
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_text(title)}</title><style>{STYLE}</style></head><body>"
-        f"<header><h1>Caption run report</h1><p>{_text(content.prefix)}</p></header><main>"
+        f"<header><h1>Caption run report</h1><p>{_text(content.output)}</p></header><main>"
         f"{_summary_section(content)}{_gallery_section(content)}"
         f"{_evaluation_section(content)}{_error_rows_section(content)}"
         f"</main><script>{SCRIPT}</script></body></html>\n"

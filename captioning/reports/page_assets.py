@@ -18,6 +18,8 @@ main { padding: 8px 28px 40px; max-width: 1500px; }
 section { margin-top: 22px; }
 h2 { font-size: 16px; margin: 0 0 10px; }
 .note { color: var(--muted); margin: 0 0 10px; }
+.alert { margin: 0 0 12px; padding: 8px 12px; border: 1px solid #e3a49e; border-radius: 8px;
+         background: #fbefed; color: #8c1d18; }
 .tiles { display: flex; flex-wrap: wrap; gap: 10px; margin-bottom: 12px; }
 .tile { background: var(--panel); border: 1px solid var(--line); border-radius: 8px;
         padding: 10px 16px; min-width: 130px; }

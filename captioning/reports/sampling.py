@@ -1,7 +1,8 @@
 """Sampling a captions table too large to load: lowest, highest and random rows.
 
-The table is streamed as record batches, file after file, and three bounded
-selections run over the stream: the k lowest scores, the k highest scores and a
+The table is given as the data files of one committed version
+(``captioning.tables.committed_files``), streamed as record batches, file after file,
+and three bounded selections run over the stream: the k lowest scores, the k highest scores and a
 uniform random sample of k rows. Memory stays O(k) whatever the row count, and
 only the rows that enter a selection are turned into Python objects.
 
@@ -124,11 +125,14 @@ def sample_captions(
     seed: int = 0,
     batch_size: int = 65_536,
 ) -> CaptionSample:
-    """Stream ``files`` (one captions table) and return the sampled rows, lowest score first.
+    """Stream ``files`` (the data files of one captions table version) and return the
+    sampled rows, lowest score first.
 
     When the whole table has no more rows than the three samples together, every
-    row is kept instead (group ``all``).
+    row is kept instead (group ``all``); a table without files is empty, not an error.
     """
+    if not files:
+        return CaptionSample(rows=[], total_rows=0, files=[], complete=True)
     columns, total = _columns(files)
     keep_all = total <= lowest + highest + random
     selections = {

@@ -1,7 +1,9 @@
 """Feature shards from ``captioning features`` as the trainer's example source.
 
-``open_feature_shards(PREFIX)`` reads the spec, the list of shards, the index of
-images that have features and the errors table; ``cache_for(names)`` then gives
+``open_feature_shards(DIR)`` reads the committed spec (``DIR/features.json``) and then
+only what it names: that run's shards and index files, and the errors table at the
+version that run committed. Files of a run that is still going, or was killed, are
+never listed, so they cannot leak into training. ``cache_for(names)`` then gives
 the trainer what ``build_cache("features", ...)`` would: an object with
 ``images`` (the names that have features) and ``dataset()`` yielding
 ``(row int32, features float16)``. Shards hold every image of the features run
@@ -11,7 +13,6 @@ and records of other images (the other split) are dropped while streaming.
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from collections import Counter
@@ -20,21 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import pyarrow.parquet as pq
 import tensorflow as tf
 
+from captioning import run_layout, tables
 from captioning.errors import UserError
 from captioning.training.feature_spec import (
     FEATURES_KEY,
     IMAGE_KEY,
     FeatureSpec,
-    backbone_path,
-    errors_glob,
     file_sha256,
     image_name,
-    index_prefix,
     read_spec,
-    shards_prefix,
 )
 
 log = logging.getLogger("captioning.train")
@@ -79,7 +76,7 @@ class FeatureShardCache:
 
 @dataclass
 class FeatureShards:
-    prefix: str
+    features: str  # --features DIR
     spec: FeatureSpec
     files: list[str]
     available: set[str]  # names with a record
@@ -89,11 +86,16 @@ class FeatureShards:
         """The examples of ``names``; images that failed in the features run are left out
         (as the trainer's own cache leaves out images it cannot decode)."""
         kept = [name for name in names if name in self.available]
-        failed = Counter(self.failed[name] for name in names if name in self.failed)
+        kept_set = set(kept)
+        # A name with a record is kept even if the errors table has a row for it too (a
+        # concurrent run's errors that the commit's replace_read kept).
+        failed = Counter(
+            self.failed[name] for name in names if name in self.failed and name not in kept_set
+        )
         unknown = [n for n in names if n not in self.available and n not in self.failed]
         if unknown:
             raise UserError(
-                f"--features {self.prefix}: {len(unknown)} images of these captions are not in "
+                f"--features {self.features}: {len(unknown)} images of these captions are not in "
                 f"the features run (e.g. {', '.join(unknown[:3])}); run `captioning features` "
                 "with the same --captions"
             )
@@ -104,19 +106,20 @@ class FeatureShards:
                 ", ".join(f"{kind}: {count}" for kind, count in sorted(failed.items())),
             )
         if not kept:
-            raise UserError(f"--features {self.prefix}: none of {len(names)} images has features")
+            raise UserError(f"--features {self.features}: none of {len(names)} images has features")
         return FeatureShardCache(
             kept, self.files, tuple(self.spec.feature_shape), self.spec.feature_dtype
         )
 
     def load_backbone(self, backbone: keras.Model) -> None:
         """Give ``backbone`` the weights that computed these features."""
-        source = backbone_path(self.prefix)
+        source = run_layout.backbone_path(self.features, self.spec.run_id)
         if not tf.io.gfile.exists(source):
-            raise UserError(f"--features {self.prefix}: {source} is missing")
+            raise UserError(f"--features {self.features}: {source} is missing")
         if file_sha256(source) != self.spec.backbone_sha256:
             raise UserError(
-                f"--features {self.prefix}: {source} is not the backbone of run {self.spec.run_id}"
+                f"--features {self.features}: {source} is not the backbone of run "
+                f"{self.spec.run_id}"
             )
         with tempfile.TemporaryDirectory() as local:
             # Keras reads weights files from local disk only.
@@ -125,40 +128,66 @@ class FeatureShards:
             backbone.load_weights(staged)
 
 
-def _read_failed(prefix: str, spec: FeatureSpec) -> dict[str, str]:
+def _read_failed(features: str, spec: FeatureSpec) -> dict[str, str]:
+    """name -> "stage/error_type" from the errors table as the spec's run committed it
+    (a later run may have committed errors since, then died before its spec)."""
+    table = run_layout.errors_table(features)
+    if spec.errors_version is None:
+        raise UserError(f"--features {features}: the spec names no errors table version")
+    try:
+        rows = tables.read(
+            table, ["image_uri", "stage", "error_type"], at_version=spec.errors_version
+        )
+    except Exception as error:  # noqa: BLE001 - missing table, or the version is vacuumed
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"--features {features}: cannot read version {spec.errors_version} of {table} "
+            f"({first_line}); rerun `captioning features`"
+        ) from None
     failed = {}
-    for path in sorted(tf.io.gfile.glob(errors_glob(prefix, spec.run_id))):
-        with tf.io.gfile.GFile(path, "rb") as handle:
-            table = pq.read_table(
-                io.BytesIO(handle.read()), columns=["image_uri", "stage", "error_type"]
-            )
-        for row in table.to_pylist():
-            name = image_name(spec.images, row["image_uri"])
-            failed[name] = f"{row['stage']}/{row['error_type']}"
+    for row in rows.to_pylist():
+        name = image_name(spec.images, row["image_uri"])
+        failed[name] = f"{row['stage']}/{row['error_type']}"
     return failed
 
 
-def open_feature_shards(prefix: str) -> FeatureShards:
-    spec = read_spec(prefix)
-    files = sorted(tf.io.gfile.glob(shards_prefix(prefix, spec.run_id) + "-*.tfrecord"))
+def _committed_files(features: str, spec: FeatureSpec) -> tuple[list[str], list[str]]:
+    """The shard and index files the spec names, checked to be there."""
+    files = [run_layout.join(features, name) for name in spec.shards]
+    index = [run_layout.join(features, name) for name in spec.index]
+    missing = [path for path in [*files, *index] if not tf.io.gfile.exists(path)]
+    if missing:
+        raise UserError(
+            f"--features {features}: {len(missing)} files of run {spec.run_id} are missing "
+            f"(e.g. {missing[0]}); rerun `captioning features`"
+        )
+    return files, index
+
+
+def open_feature_shards(features: str) -> FeatureShards:
+    """The committed features run of ``--features DIR``."""
+    spec = read_spec(features)
+    files, index = _committed_files(features, spec)
     available: set[str] = set()
-    for path in sorted(tf.io.gfile.glob(index_prefix(prefix, spec.run_id) + "-*.txt")):
+    for path in index:
         available.update(line for line in tf.io.gfile.GFile(path).read().splitlines() if line)
     expected = spec.counts.get("features")
     if expected is not None and expected != len(available):
         raise UserError(
-            f"--features {prefix}: the index of run {spec.run_id} lists {len(available)} images, "
-            f"the run wrote {expected}"
+            f"--features {features}: the index of run {spec.run_id} lists {len(available)} "
+            f"images, the run wrote {expected}"
         )
     if available and not files:
-        raise UserError(f"--features {prefix}: the feature shards of run {spec.run_id} are missing")
-    failed = _read_failed(prefix, spec)
+        raise UserError(
+            f"--features {features}: the spec of run {spec.run_id} names no feature shards"
+        )
+    failed = _read_failed(features, spec)
     log.info(
         "features %s (run %s): %d images with features in %d shards, %d without",
-        prefix,
+        features,
         spec.run_id,
         len(available),
         len(files),
         len(failed),
     )
-    return FeatureShards(prefix, spec, files, available, failed)
+    return FeatureShards(features, spec, files, available, failed)

@@ -1,12 +1,11 @@
 """The contract between ``captioning features`` and ``captioning train --features``.
 
-A features run under PREFIX (local or gs://) leaves:
-
-    PREFIX_features.json                               FeatureSpec: what made the features
-    PREFIX_backbone.weights.h5                         the backbone weights that made them
-    PREFIX_features-<run>-SSSSS-of-NNNNN.tfrecord      one tf.train.Example per image
-    PREFIX_index-<run>-SSSSS-of-NNNNN.txt              the names of the images that have one
-    PREFIX_errors-<run>-SSSSS-of-NNNNN.parquet         one row per image that has none
+A features run writes under ``--output DIR`` (local or gs://) in the layout of
+``captioning.run_layout``: per run a backbone file and TFRecord shards with their index,
+and rows in the errors table. ``DIR/features.json`` is this module's ``FeatureSpec`` of
+the one committed run; writing it is that run's commit. It names everything a reader
+needs (the run, its shard and index files, the errors table version), so readers never
+glob for files: a run that is running, or was killed, is invisible to them.
 
 The trainer loads the saved backbone into its model, so the bundle it exports
 holds the very backbone that computed its training features. With a random
@@ -20,41 +19,23 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from captioning import run_layout, storage
 from captioning.config import CaptionerConfig, ImageConfig
 from captioning.errors import UserError
 from captioning.models.image_encoder import ImageEncoder
 from captioning.training.example_cache import weights_identity
 
-FORMAT_VERSION = 1
+# 2: the spec is the commit of a run under --output DIR and names its files.
+FORMAT_VERSION = 2
 FEATURE_DTYPE = "float16"  # what the trainer's own feature cache stores, too
 IMAGE_KEY = "image"
 FEATURES_KEY = "features"
-
-
-def spec_path(prefix: str) -> str:
-    return f"{prefix}_features.json"
-
-
-def backbone_path(prefix: str) -> str:
-    return f"{prefix}_backbone.weights.h5"
-
-
-def shards_prefix(prefix: str, run_id: str) -> str:
-    return f"{prefix}_features-{run_id}"
-
-
-def index_prefix(prefix: str, run_id: str) -> str:
-    return f"{prefix}_index-{run_id}"
-
-
-def errors_glob(prefix: str, run_id: str) -> str:
-    # The caption job's errors table naming (pipelines.write_outputs), same schema.
-    return f"{prefix}_errors-{run_id}-*.parquet"
 
 
 @dataclass(frozen=True)
@@ -70,13 +51,18 @@ class FeatureSpec:
     # As given ("imagenet", None, or a weights file) and that source's identity.
     backbone_weights: str | None
     backbone_source: str
-    # sha256 of PREFIX_backbone.weights.h5, checked before the trainer loads it.
+    # sha256 of DIR/backbone-<run_id>.weights.h5, checked before the trainer loads it.
     backbone_sha256: str
     precision: str
     feature_shape: tuple[int, int]  # (grid cells, channels)
     feature_dtype: str = FEATURE_DTYPE
     complete: bool = False
     counts: dict[str, Any] = field(default_factory=dict)
+    # The committed run's files, relative to DIR (so DIR can be copied or moved), and
+    # the errors table version its errors commit made: readers take exactly these.
+    shards: tuple[str, ...] = ()
+    index: tuple[str, ...] = ()
+    errors_version: int | None = None
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -92,6 +78,8 @@ class FeatureSpec:
             if image.get(key) is not None:
                 image[key] = tuple(image[key])
         data["feature_shape"] = tuple(data["feature_shape"])
+        for key in ("shards", "index"):
+            data[key] = tuple(data.get(key, ()))
         return cls(image=ImageConfig(**image), **data)
 
     def apply_to(self, config: CaptionerConfig) -> CaptionerConfig:
@@ -126,17 +114,29 @@ class FeatureSpec:
         return found
 
 
-def read_spec(prefix: str) -> FeatureSpec:
-    path = spec_path(prefix)
-    if not tf.io.gfile.exists(path):
-        raise UserError(f"--features {prefix}: no {path}; run `captioning features` first")
+def read_spec(features: str) -> FeatureSpec:
+    """The committed spec of ``DIR`` (``--features DIR``); a one-line ``UserError`` when
+    there is none, or it is not a finished run's."""
+    path = run_layout.feature_spec_path(features)
+    # google-cloud-storage, not tf.io.gfile: the same client as every other gs:// read here.
+    remote = storage.is_remote(path)
+    if not (storage.exists(path) if remote else Path(path).is_file()):
+        raise UserError(
+            f"--features {features}: no {path} (no features run has committed there); "
+            f"run `captioning features --output {features}` first"
+        )
     try:
-        spec = FeatureSpec.from_json(tf.io.gfile.GFile(path).read())
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"--features {prefix}: {path} is not a feature spec ({error})") from None
+        text = storage.read_bytes(path).decode() if remote else Path(path).read_text()
+        spec = FeatureSpec.from_json(text)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # not a spec's JSON
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"--features {features}: {path} is not a feature spec ({first_line}); "
+            "rerun `captioning features`"
+        ) from None
     if not spec.complete:
         raise UserError(
-            f"--features {prefix}: run {spec.run_id} did not finish; rerun `captioning features`"
+            f"--features {features}: run {spec.run_id} did not finish; rerun `captioning features`"
         )
     return spec
 

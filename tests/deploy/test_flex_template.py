@@ -19,6 +19,9 @@ EXAMPLE_VALUES = {
     "output": "gs://my-bucket/captions/archive",
     "model": "gs://my-bucket/models/current",
     "skip_existing": "true",
+    "expect_model_id": "sha256-0123456789abcdef0123456789abcdef",
+    "max_error_rate": "0.02",
+    "retention_hours": "72",
     "gpu": "false",
     "sdk_container_image": "us-docker.pkg.dev/p/r/captioning-worker:1",
     "beam_width": "3",
@@ -72,6 +75,8 @@ def test_launcher_style_arguments_parse_into_the_job_options(template_parameters
     assert options.beam_width == 3 and options.max_batch_size == 96
     assert options.precision == "mixed_float16"
     assert options.decode_timeout == 12.5
+    assert options.expect_model_id == "sha256-0123456789abcdef0123456789abcdef"
+    assert options.max_error_rate == 0.02 and options.retention_hours == 72
     everything = PipelineOptions(argv).get_all_options()
     assert everything["sdk_container_image"] == EXAMPLE_VALUES["sdk_container_image"]
 

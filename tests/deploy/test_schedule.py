@@ -20,14 +20,14 @@ import re
 import runpy
 import sys
 
-import pyarrow.parquet as pq
 import pytest
 from google.cloud import dataflow_v1beta3 as dataflow
 from google.protobuf import json_format
 
+from captioning import run_layout, tables
+from pipelines.bundle_staging import read_model_id
 from pipelines.caption_pipeline import run
 from pipelines.dataflow_gpu import ACCELERATOR
-from pipelines.schemas import CAPTIONS_SCHEMA
 from tests.deploy.conftest import DEPLOY, read_json
 from tests.deploy.offline import refuse_network
 
@@ -141,6 +141,8 @@ def test_dag_launches_the_same_job_every_night(template_parameters):
         "var.value.captioning_image": parameters["sdk_container_image"],
         "var.value.captioning_project": "my-project",
         "var.value.captioning_region": "us-central1",
+        # The pinned model id, where the launch pins one (expect_model_id).
+        "var.value.captioning_model_id": parameters.get("expect_model_id", ""),
         "ds_nodash": "20250101",
     }
     rendered = json.loads(_render(json.dumps(operator["body"]), variables))
@@ -162,15 +164,20 @@ def test_the_nightly_launch_builds_the_gpu_job_with_skip_existing(
     offline = refuse_network(monkeypatch, tmp_path)
     launch = read_json(BODY)["launchParameter"]
     output = tmp_path / "captions" / "archive"
-    output.parent.mkdir()
-    # Last night's captions: tonight must join against them.
-    pq.write_table(CAPTIONS_SCHEMA.empty_table(), f"{output}-earlier-00000-of-00001.parquet")
+    # Last night's (committed, empty) captions table: tonight must join against it.
+    tables.ensure_table(
+        run_layout.captions_table(str(output)),
+        run_layout.CAPTIONS_SCHEMA,
+        tables.DEFAULT_RETENTION_HOURS,
+    )
     parameters = {
         **launch["parameters"],
         "input": str(scenes / "images" / "*.png"),
         "output": str(output),
         "model": tiny_bundle,
     }
+    if "expect_model_id" in parameters:  # pinned to the bundle that stands in for the real one
+        parameters["expect_model_id"] = read_model_id(tiny_bundle)
     environment = launch["environment"]
     spec_file = tmp_path / "job.json"
     argv = [f"--{name}={value}" for name, value in parameters.items()]
@@ -200,6 +207,7 @@ def test_the_nightly_launch_builds_the_gpu_job_with_skip_existing(
     worker_options = job_environment["sdkPipelineOptions"]["options"]
     assert worker_options["skip_existing"] is True and worker_options["gpu"] is True
     assert worker_options["runner"] == "DataflowRunner"
+    assert worker_options.get("expect_model_id") == parameters.get("expect_model_id")
 
 
 @pytest.mark.parametrize(

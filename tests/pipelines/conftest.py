@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
+from captioning import tables
 from captioning.data.synthetic_scenes import generate_scenes
 from tests.images import awkward_files
 
@@ -50,11 +50,11 @@ def expected_error_types() -> dict[str, str]:
     return {name: awkward_files.BROKEN[key][1] for name, key in BROKEN.items()}
 
 
-def read_table(prefix: str):
-    """All shards of a table under a prefix, read back with pyarrow."""
-    files = sorted(Path(prefix).parent.glob(Path(prefix).name + "-*.parquet"))
-    assert files, f"no Parquet files under {prefix}"
-    return pq.ParquetDataset([str(f) for f in files]).read(), files
+def read_table(table: str):
+    """A table's committed snapshot, read through ``captioning.tables``, and its data
+    files. Never a glob of the folder: files of runs that did not commit lie there too."""
+    assert tables.exists(table), f"no Delta table at {table}"
+    return tables.read(table), [Path(uri) for uri in tables.committed_files(table)]
 
 
 def copy_archive(archive: Path, destination: Path) -> Path:

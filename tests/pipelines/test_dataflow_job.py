@@ -41,7 +41,7 @@ def _inputs(scenes, tiny_bundle, tmp_path) -> list[str]:
         "--input",
         str(scenes / "images" / "*.png"),
         "--output",
-        str(tmp_path / "out" / "captions"),
+        str(tmp_path / "out"),
         "--model",
         tiny_bundle,
     ]
@@ -84,7 +84,9 @@ def test_gpu_dry_run_writes_the_dataflow_job(scenes, tiny_bundle, tmp_path, offl
     steps = spec["pipeline_steps"]
     order = ["ListInputs", "ReadImages", "DecodeImages", "CaptionImages", "WriteCaptions"]
     assert [step for step in steps if step in order] == order
-    assert "WriteErrors" in steps
+    # Both tables' files are written before the one step that commits them.
+    assert steps.index("WriteErrors") < steps.index("CommitTables")
+    assert steps.index("WriteCaptions") < steps.index("CommitTables")
     names = [t.unique_name for t in pipeline.components.transforms.values()]
     assert any(name.startswith("CaptionImages/") and "RunInference" in name for name in names)
     for environment_proto in pipeline.components.environments.values():
@@ -126,7 +128,8 @@ def test_a_nightly_job_over_buckets_is_described_without_touching_them(
     steps = spec["pipeline_steps"]
     assert steps.index("ListInputs") < steps.index("SkipExisting") < steps.index("ReadImages")
     worker_options = spec["job"]["environment"]["sdkPipelineOptions"]["options"]
-    assert worker_options["output"] == "gs://my-bucket/captions/nightly"
+    assert worker_options["output"] == "gs://my-bucket/captions/nightly"  # the DIR, as given
+    assert "CommitTables" in steps
 
 
 def test_settings_given_on_the_command_line_win_over_the_gpu_defaults(

@@ -2,75 +2,17 @@
 own GCS client (its object_store crate, XML API) to the GCS emulator, and Beam writes the
 data files there through google-cloud-storage (JSON API). gcp-storage-emulator has no XML
 API, so ``tests.gcs_xml_api`` puts one in front of it; both run in processes of their
-own (delta-rs holds the GIL while it waits for an answer)."""
+own (the ``gcs_process`` fixture: delta-rs holds the GIL while it waits for an answer)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from captioning import run_layout, tables
 from captioning.errors import CommitConflictError
-from tests.conftest import _free_port
-
-BUCKET = "captioning-tables"
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _wait_until_up(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except urllib.error.HTTPError:
-            return  # it answered
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not come up")
-
-
-@pytest.fixture(scope="module")
-def gcs_bucket():
-    """An emulator process and its XML front end; yields the bucket (JSON client)."""
-    port = _free_port()
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time\nfrom gcp_storage_emulator.server import create_server\n"
-            f"create_server('127.0.0.1', {port}, in_memory=True, "
-            f"default_bucket={BUCKET!r}).start()\nwhile True: time.sleep(60)",
-        ]
-    )
-    emulator_url = f"http://127.0.0.1:{port}"
-    _wait_until_up(emulator_url)
-    env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator_url, PYTHONPATH=str(REPO))
-    front = subprocess.Popen(
-        [sys.executable, "-m", "tests.gcs_xml_api", BUCKET],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    xml_url = front.stdout.readline().strip()
-    patch = pytest.MonkeyPatch()
-    patch.setenv("STORAGE_EMULATOR_HOST", emulator_url)
-    patch.setenv("CAPTIONING_GCS_XML_ENDPOINT", xml_url)
-    patch.setenv("NO_GCE_CHECK", "true")
-    patch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
-    from google.cloud import storage
-
-    yield storage.Client.create_anonymous_client().bucket(BUCKET)
-    patch.undo()
-    for process in (front, emulator):
-        process.kill()
-        process.wait(10)
+from tests.conftest import GCS_BUCKET as BUCKET
 
 
 def _upload(bucket, local: Path, prefix: str) -> None:
@@ -78,14 +20,14 @@ def _upload(bucket, local: Path, prefix: str) -> None:
         bucket.blob(f"{prefix}/{path.name}").upload_from_filename(str(path))
 
 
-def test_the_caption_job_commits_its_tables_on_gs(gcs_bucket, scenes, tiny_bundle):
+def test_the_caption_job_commits_its_tables_on_gs(gcs_process, scenes, tiny_bundle):
     from pipelines.caption_pipeline import run
 
     images = sorted((scenes / "images").glob("*.png"))[:8]
     for image in images[:6]:
-        gcs_bucket.blob(f"photos/{image.name}").upload_from_filename(str(image))
-    gcs_bucket.blob("photos/broken.png").upload_from_string(b"<html>not an image</html>")
-    _upload(gcs_bucket, Path(tiny_bundle), "models/tiny")
+        gcs_process.blob(f"photos/{image.name}").upload_from_filename(str(image))
+    gcs_process.blob("photos/broken.png").upload_from_string(b"<html>not an image</html>")
+    _upload(gcs_process, Path(tiny_bundle), "models/tiny")
     output = f"gs://{BUCKET}/out/run"
     args = ["--input", f"gs://{BUCKET}/photos/*", "--output", output]
     args += ["--model", f"gs://{BUCKET}/models/tiny", "--project", "test-project"]
@@ -94,7 +36,7 @@ def test_the_caption_job_commits_its_tables_on_gs(gcs_bucket, scenes, tiny_bundl
     assert (first["captioned"], first["errors"]) == (6, 1)
     # Two new photos; the incremental run appends only them.
     for image in images[6:]:
-        gcs_bucket.blob(f"photos/{image.name}").upload_from_filename(str(image))
+        gcs_process.blob(f"photos/{image.name}").upload_from_filename(str(image))
     second = run([*args, "--skip-existing"])
     assert (second["captioned"], second["skipped_existing"]) == (2, 6)
 
@@ -106,12 +48,12 @@ def test_the_caption_job_commits_its_tables_on_gs(gcs_bucket, scenes, tiny_bundl
     assert tables.version(run_layout.captions_table(output)) == 2
     # Time travel: the first run's version still reads as it was.
     assert tables.read(run_layout.captions_table(output), at_version=1).num_rows == 6
-    names = {blob.name for blob in gcs_bucket.client.list_blobs(BUCKET, prefix="out/run/")}
+    names = {blob.name for blob in gcs_process.client.list_blobs(BUCKET, prefix="out/run/")}
     assert "out/run/summary.json" in names
     assert not [n for n in names if "beam-temp-" in n]
 
 
-def test_two_replacing_commits_on_gs_one_conflicts(gcs_bucket, tmp_path):
+def test_two_replacing_commits_on_gs_one_conflicts(gcs_process, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -131,7 +73,7 @@ def test_two_replacing_commits_on_gs_one_conflicts(gcs_bucket, tmp_path):
         )
         local = tmp_path / f"{name}.parquet"
         pq.write_table(rows, local)
-        gcs_bucket.blob(f"conflict/errors/{name}.parquet").upload_from_filename(str(local))
+        gcs_process.blob(f"conflict/errors/{name}.parquet").upload_from_filename(str(local))
         files.append(tables.DataFile(f"{name}.parquet", local.stat().st_size, 1))
     schema = run_layout.ERRORS_SCHEMA
     tables.commit(table, files[:1], "replace", start, "run-a", schema)

@@ -134,8 +134,14 @@ def test_concurrent_appends_both_land(archive, tiny_bundle, last_night, tmp_path
     release = tmp_path / "release"
     runs = [
         start(
-            [f"--input={half}/*.png", "--output", str(output), "--model", str(tiny_bundle)]
-            + ["--skip-existing"],
+            [
+                f"--input={half}/*.png",
+                "--output",
+                str(output),
+                "--model",
+                str(tiny_bundle),
+                "--skip-existing",
+            ],
             hold=f"written={release}",
         )
         for half in halves

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from captioning import run_layout, tables
 from captioning.cli.main import main
 from captioning.errors import UserError
 from captioning.reports.run_report import ReportOptions, build_report
 from tests.conftest import GCS_BUCKET
-from tests.reports.conftest import caption_row, error_row, write_evaluation_csv, write_run
+from tests.reports.conftest import (
+    RUN_ID,
+    UNCOMMITTED_CAPTION,
+    caption_row,
+    error_row,
+    write_evaluation_csv,
+    write_run,
+)
 
 
 class _Elements(HTMLParser):
@@ -61,6 +72,10 @@ def test_report_of_a_small_run(small_run, tmp_path):
     assert re.search(r"<td>read</td><td>FileNotFoundError</td><td class=\"num\">1</td>", html)
     assert html.count("2026-01-01 00:00:00 UTC") == 3
     assert "an awkward thin file" in html and "1 other beam" in html
+    # Only the committed snapshot: not the data file a killed run left in the table folder.
+    assert UNCOMMITTED_CAPTION not in html
+    assert "<th>Table versions</th><td>captions 1, errors 1</td>" in html
+    assert "Alert" not in html
 
 
 def test_nothing_in_the_page_reaches_the_network(small_run, tmp_path):
@@ -141,11 +156,89 @@ def test_evaluation_adds_the_worst_images_by_cider(small_run, tmp_path):
     assert section.count("<img ") == 3, "relative names resolve under --evaluation-images"
 
 
-def test_a_prefix_without_tables_is_a_one_line_user_error(tmp_path, capsys):
+def test_a_folder_without_tables_is_a_one_line_user_error(tmp_path, capsys):
     with pytest.raises(UserError, match="no caption run at"):
         build_report(str(tmp_path / "nothing"), str(tmp_path / "report"))
     assert main(["report", "--captions", str(tmp_path / "nothing"), "--out", str(tmp_path)]) == 2
     assert "captioning report: error: no caption run at" in capsys.readouterr().err
+
+
+def test_a_prefix_of_the_layout_before_tables_says_the_layout_changed(tmp_path, capsys):
+    """``--captions PREFIX`` of a run made before tables: PREFIX-*.parquet beside it."""
+    prefix = tmp_path / "old" / "captions"
+    prefix.parent.mkdir()
+    rows = [caption_row("/nowhere/a.png", "a caption", -0.5)]
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=run_layout.CAPTIONS_SCHEMA),
+        f"{prefix}-{RUN_ID}-00000-of-00001.parquet",
+    )
+    assert main(["report", "--captions", str(prefix), "--out", str(tmp_path / "r")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("captioning report: error: ")
+    assert "layout changed" in line and "--output DIR" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_table_folder_is_refused_naming_the_run_folder(small_run, tmp_path):
+    with pytest.raises(UserError, match=f"pass --captions {re.escape(small_run)}$"):
+        build_report(run_layout.captions_table(small_run), str(tmp_path / "report"))
+
+
+def test_an_earlier_version_of_the_tables_can_be_reported(tmp_path, capsys):
+    """Time travel: --version N shows captions version N and the errors its run committed;
+    the summary of a later run is left out, not shown beside the wrong tables."""
+    output = str(tmp_path / "run")
+    write_run(
+        output,
+        [caption_row(f"/nowhere/first{i}.png", f"first run {i}", -0.1) for i in range(3)],
+        [error_row("/nowhere/first.png", "read", "FirstRunError", "gone")],
+        run_id="20260101T000000-first1",
+    )
+    first = tables.version(run_layout.captions_table(output))
+    write_run(
+        output,
+        [caption_row(f"/nowhere/second{i}.png", f"second run {i}", -0.2) for i in range(5)],
+        [error_row("/nowhere/second.png", "read", "SecondRunError", "gone")],
+        run_id="20260102T000000-second",
+    )
+    latest = Path(build_report(output, str(tmp_path / "latest"))).read_text()
+    assert len(_parse(latest).find("figure", "card")) == 5 and "first run" not in latest
+    assert "SecondRunError" in latest and "20260102T000000-second" in latest
+
+    out = tmp_path / "earlier"
+    code = main(["report", "--captions", output, "--out", str(out), "--version", str(first)])
+    assert code == 0
+    html = (out / "index.html").read_text()
+    assert len(_parse(html).find("figure", "card")) == 3 and "second run" not in html
+    assert "FirstRunError" in html and "SecondRunError" not in html
+    assert f"captions table as of version {first} (latest: {first + 1})" in html
+    assert "summary.json is of run 20260102T000000-second" in html
+    assert "n/a (no summary file)" in html
+
+    capsys.readouterr()
+    assert main(["report", "--captions", output, "--out", str(out), "--version", "9"]) == 2
+    assert f"has versions 0 to {first + 1}" in capsys.readouterr().err
+
+
+def test_the_runs_alert_is_shown_first(tmp_path):
+    output = write_run(
+        str(tmp_path / "run"),
+        [caption_row("/nowhere/a.png", "a caption", -0.5)],
+        [error_row(f"/nowhere/e{i}.png", "read", "NotFound", "gone") for i in range(3)],
+    )
+    path = Path(run_layout.summary_path(output))
+    summary = json.loads(path.read_text())
+    summary |= {
+        "captions_committed": False,
+        "alert": "3 of 4 inputs failed (error rate 0.750 > --max-error-rate 0.05); "
+        "the earlier captions were kept",
+    }
+    path.write_text(json.dumps(summary))
+    html = Path(build_report(output, str(tmp_path / "report"))).read_text()
+    alert = html.index('<p class="alert" role="alert">')
+    assert alert < html.index('<div class="tiles">')
+    assert "error rate 0.750 &gt; --max-error-rate 0.05" in html
+    assert "<th>Captions committed</th><td>no: the earlier captions were kept</td>" in html
 
 
 def test_evaluation_file_without_the_columns_is_refused(small_run, tmp_path):
@@ -165,23 +258,39 @@ def test_cli_writes_the_report_and_prints_its_path(small_run, tmp_path, capsys):
     assert all(img["src"].startswith("thumbnails/") for img in page.find("img"))
 
 
-def test_a_run_on_gs_gives_the_same_report_written_to_gs(small_run, tmp_path, gcs):
-    """Tables, summary and report on gs:// (a local GCS emulator); images stay local."""
+def test_a_run_of_gs_images_gives_the_same_report_written_to_gs(small_run, tmp_path, gcs):
+    """Images and the report on gs:// (a local GCS emulator), the run's tables local.
+
+    delta-rs reaches gs:// through the GCS XML API, which gcp-storage-emulator does not
+    implement, so a Delta table cannot live on this emulator; with real GCS the report
+    reads gs:// tables through the same ``captioning.tables`` calls. What is on gs:// here
+    is what the report reads and writes through ``captioning.storage``: the images it
+    makes thumbnails of, and the report with its thumbnail files."""
     local = _parse(Path(build_report(small_run, str(tmp_path / "local"))).read_text())
-    run_dir = Path(small_run).parent
-    for path in run_dir.iterdir():
-        if path.is_file() and path.name.startswith(Path(small_run).name):
-            gcs.blob(f"runs/{path.name}").upload_from_filename(str(path))
-    prefix = f"gs://{GCS_BUCKET}/runs/{Path(small_run).name}"
+    root = Path(small_run).parent.parent
+    captions = tables.read(run_layout.captions_table(small_run)).to_pylist()
+    errors = tables.read(run_layout.errors_table(small_run)).to_pylist()
+    for row in captions:
+        image = Path(row["image_uri"])
+        assert image.is_relative_to(root), image
+        if image.exists():  # deleted.png stays missing
+            gcs.blob(f"images/{image.name}").upload_from_filename(str(image))
+        row["image_uri"] = f"gs://{GCS_BUCKET}/images/{image.name}"
+    output = write_run(str(tmp_path / "gs_images_run"), captions, errors)
     out = f"gs://{GCS_BUCKET}/reports/r1"
-    path = build_report(prefix, out, ReportOptions(thumbnails="files"))
+    path = build_report(output, out, ReportOptions(thumbnails="files"))
     assert path == f"{out}/index.html"
     remote_html = gcs.blob("reports/r1/index.html").download_as_text()
     remote = _parse(remote_html)
-    assert [c["data-name"] for c in remote.find("figure", "card")] == [
-        c["data-name"] for c in local.find("figure", "card")
-    ]
+
+    def cards(page):  # equal scores may come in either order
+        return sorted((c["data-score"], c["data-name"]) for c in page.find("figure", "card"))
+
+    assert cards(remote) == cards(local)
+    scores = [float(c["data-score"]) for c in remote.find("figure", "card")]
+    assert scores == sorted(scores)
     assert len(remote.find("img")) == 15 and "20260101T000000-abcdef" in remote_html
+    assert len(remote.find("div", "missing")) == 2
     written = {blob.name for blob in gcs.client.list_blobs(GCS_BUCKET, prefix="reports/r1/")}
     assert {f"reports/r1/{img['src']}" for img in remote.find("img")} <= written
 

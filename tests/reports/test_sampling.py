@@ -1,20 +1,25 @@
-"""Streaming samples of a captions table: true lowest/highest across files, uniform random."""
+"""Streaming samples of a captions table: true lowest/highest across files, uniform random.
+
+The tables are committed Delta tables; the sampler gets the data files of their latest
+version, as the report gives it them."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from captioning import run_layout
 from captioning.errors import UserError
 from captioning.reports.sampling import ALL, HIGHEST, LOWEST, RANDOM, sample_captions
-from pipelines.schemas import CAPTIONS_SCHEMA
-from tests.reports.conftest import caption_row, write_shards
+from tests.reports.conftest import caption_row, write_table
 
 
 def _table(tmp_path, scores, shards=3):
     rows = [caption_row(f"/images/{i:05d}.jpg", f"caption {i}", s) for i, s in enumerate(scores)]
-    paths = write_shards(str(tmp_path / "run"), rows, CAPTIONS_SCHEMA, shards)
-    return [str(p) for p in paths]
+    table = run_layout.captions_table(str(tmp_path / "run"))
+    files = write_table(table, rows, run_layout.CAPTIONS_SCHEMA, shards)
+    assert len(files) == shards
+    return files
 
 
 def _uris(rows, group):
@@ -83,9 +88,18 @@ def test_small_tables_are_shown_whole(tmp_path):
 
 def test_a_table_without_scores_is_refused(tmp_path):
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
 
-    path = tmp_path / "run-x-00000-of-00001.parquet"
-    pq.write_table(pa.table({"image_uri": ["a"], "caption": ["b"]}), path)
+    from captioning import tables
+
+    table = str(tmp_path / "run" / "captions")
+    write_deltalake(table, pa.table({"image_uri": ["a"], "caption": ["b"]}))
     with pytest.raises(UserError, match="not a captions table: no column score"):
-        sample_captions([str(path)], 1, 1, 1)
+        sample_captions(tables.committed_files(table), 1, 1, 1)
+
+
+def test_a_table_without_files_is_an_empty_sample(tmp_path):
+    table = run_layout.captions_table(str(tmp_path / "run"))
+    assert write_table(table, [], run_layout.CAPTIONS_SCHEMA, 1) == []
+    sample = sample_captions([], 5, 5, 5)
+    assert sample.rows == [] and sample.total_rows == 0 and sample.complete

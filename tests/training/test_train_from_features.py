@@ -17,13 +17,14 @@ import keras
 import numpy as np
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from captioning import run_layout
 from captioning.bundle import load_bundle
 from captioning.cli.main import main
 from captioning.data.formats import read_captions
 from captioning.images.decode import load_image
 from captioning.models.image_encoder import build_inception_backbone
 from captioning.presets import tiny
-from captioning.training.feature_spec import backbone_path
+from captioning.training.feature_spec import read_spec
 from captioning.training.trainer import train
 from pipelines.feature_pipeline import run as run_features
 from tests.pipelines.test_feature_pipeline import BROKEN, read_records
@@ -47,8 +48,8 @@ def test_training_from_features_matches_training_from_images(tmp_path, capsys):
     lines = captions_file.read_text().splitlines()
     captions_file.write_text("\n".join(line for line in lines if "missing" not in line) + "\n")
     captions, images = str(captions_file), str(scenes / "images")
-    prefix = str(tmp_path / "features" / "scenes")
-    argv = ["--captions", captions, "--images", images, "--output", prefix]
+    output = str(tmp_path / "features")
+    argv = ["--captions", captions, "--images", images, "--output", output]
     run_features(
         [*argv, "--preset", "tiny", "--precision", "float32"], test_pipeline=TestPipeline()
     )
@@ -61,7 +62,9 @@ def test_training_from_features_matches_training_from_images(tmp_path, capsys):
     frozen = dataclasses.replace(
         config.captioner.encoder,
         trainable=False,
-        backbone_weights=full_backbone_file(backbone_path(prefix), tmp_path / "full.weights.h5"),
+        backbone_weights=full_backbone_file(
+            run_layout.backbone_path(output, read_spec(output).run_id), tmp_path / "full.weights.h5"
+        ),
     )
     config = dataclasses.replace(
         config,
@@ -76,7 +79,7 @@ def test_training_from_features_matches_training_from_images(tmp_path, capsys):
     from_images = train(captions, images, str(tmp_path / "from_images"), config)
     keras.utils.set_random_seed(3)
     argv = ["train", "--captions", captions, "--out", str(tmp_path / "from_features")]
-    argv += ["--features", prefix, "--preset", "tiny", "--epochs", "2", "--precision", "float32"]
+    argv += ["--features", output, "--preset", "tiny", "--epochs", "2", "--precision", "float32"]
     assert main([*argv, "--batch-size", str(len(train_images))]) == 0
     from_features = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
@@ -91,7 +94,7 @@ def test_training_from_features_matches_training_from_images(tmp_path, capsys):
     # The features bundle holds the backbone that computed the features...
     bundle_images = load_bundle(from_images.bundle, precision="float32")
     bundle_features = load_bundle(str(tmp_path / "from_features"), precision="float32")
-    records = read_records(prefix)
+    records = read_records(output)
     names = sorted(records)
     pixels = np.stack(
         [load_image((scenes / "images" / name).read_bytes(), 75, 10**8).pixels for name in names]
