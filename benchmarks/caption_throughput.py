@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from captioning import run_layout
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
@@ -195,7 +197,7 @@ def caption_run(bundle: str, pattern: str, output: Path, extra: list[str]) -> di
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     if measured["code"] != 0:
         raise RuntimeError(f"caption run failed: {result.stderr[-2000:]}")
-    summary = json.loads(Path(f"{output}_summary.json").read_text())
+    summary = json.loads(Path(run_layout.summary_path(str(output))).read_text())
     measured["captioned"] = summary["captioned"]
     return measured
 

@@ -23,7 +23,11 @@ can match another output's files (``out/cap`` and ``out/cap-v2`` share nothing).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
+
+from captioning.errors import UserError
 
 CAPTIONS_TABLE = "captions"
 ERRORS_TABLE = "errors"
@@ -62,6 +66,17 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("failed_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
+
+
+def output_folder(output: str, holds: str) -> str:
+    """``--output`` as the jobs use it: a local folder made absolute (``file://`` too), a
+    bucket folder as given. A local file there is a user mistake."""
+    if "://" in output and not output.startswith("file://"):
+        return output.rstrip("/")
+    path = Path(output.removeprefix("file://")).absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output {output} is a file; it names a folder that holds {holds}")
+    return str(path)
 
 
 def join(folder: str, *names: str) -> str:

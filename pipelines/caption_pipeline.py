@@ -19,7 +19,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -97,15 +96,6 @@ def _check_options(options: CaptionOptions) -> None:
         raise UserError("--retention-hours must be 0 or more")
 
 
-def _output_folder(output: str) -> str:
-    if not is_local(output):
-        return output.rstrip("/")
-    path = Path(output.removeprefix("file://")).absolute()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--output {output} is a file; it names a folder that holds the tables")
-    return str(path)
-
-
 def _model_id(options: CaptionOptions, offline: bool) -> str:
     """The bundle's model id; with ``--expect-model-id`` the bundle's content is hashed
     and must match (a dry run compares what the manifest declares, offline)."""
@@ -157,7 +147,7 @@ def resolve_job(
     manifest = options.input_manifest
     if manifest and (is_local(manifest) or not offline) and not FileSystems.exists(manifest):
         raise UserError(f"--input-manifest {options.input_manifest} does not exist")
-    output = _output_folder(options.output)
+    output = run_layout.output_folder(options.output, "the tables")
     options.output = output
     config = captioner_config_from_dict(_bundle_config(options.model))
     model_id = _model_id(options, offline)

@@ -4,7 +4,8 @@ By default each image is decoded in a guarded pool of worker processes
 (``pipelines.decode_pool``): a decoder that hangs is killed after ``timeout``
 seconds, one that crashes takes down only a pool process, and either way the image
 becomes an error row (stage ``decode``) while the job goes on. The pool keeps up to
-``window`` images in flight, so decoding overlaps with inference downstream.
+``window`` images in flight, so decoding overlaps with inference downstream. By
+default there is one decoder per core the worker may use.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def _error_output(uri: str, error: BaseException) -> beam.pvalue.TaggedOutput:
     return beam.pvalue.TaggedOutput(ERRORS, error_row(uri, "decode", error_type, message))
 
 
+def worker_cores() -> int:
+    """The cores this process may run on: its CPU affinity, which containers narrow."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity outside Linux
+        return os.cpu_count() or 1
+
+
 class PooledDecode(beam.DoFn):
     """Decodes in a process pool; outputs (uri, image) and, tagged ``errors``, error rows."""
 
@@ -52,8 +61,13 @@ class PooledDecode(beam.DoFn):
         self.window = window
 
     def setup(self):
-        processes = self.processes or max(1, min(4, os.cpu_count() or 1))
-        self.pool = DecodePool(self.decode, processes, self.window, self.timeout)
+        # Decoding is CPU-bound, and on a GPU worker the cores have little else to do
+        # while the device runs the model: by default each one gets a decoder.
+        processes = self.processes or worker_cores()
+        # At least two images per decoder in flight, so each has its next one queued
+        # while the main thread collects results.
+        window = max(self.window, 2 * processes)
+        self.pool = DecodePool(self.decode, processes, window, self.timeout)
 
     def _outputs(self, completed):
         for uri, decoded, error in completed:

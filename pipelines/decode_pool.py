@@ -1,12 +1,14 @@
 """A guarded pool of decoder processes that keeps images in flight.
 
 Decoding untrusted files is where a batch job meets corrupt, hostile and enormous
-inputs. Each image is decoded in a worker process of a small pool, so that:
+inputs. Each image is decoded in a worker process of a pool, so that:
 
 - a decoder that *crashes* (segfault, OOM kill) takes down only a pool process: the
   pool is rebuilt, the images that were in flight are retried one at a time, and the
   one that crashes again becomes an error row (``DecoderCrashed``);
-- a decoder that *hangs* is killed after ``timeout`` seconds (``DecodeTimeout``);
+- a decoder that *hangs* is killed once it has spent ``timeout`` seconds on one image
+  (``DecodeTimeout``), counted from when the decoder started that image, not from when
+  it was queued (``_decode``);
 - decoding *overlaps* with inference: up to ``window`` images are submitted ahead, so
   while the main thread runs the model on one batch the pool decodes the next;
 - decoders *die with the job*: a SIGKILLed Beam worker or ``captioning caption`` leaves
@@ -18,7 +20,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import ctypes
+import itertools
 import multiprocessing.context
+import multiprocessing.queues
 import os
 import signal
 import sys
@@ -47,7 +51,7 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Pool initializer, run in each decoder: exit as soon as ``parent_pid`` dies."""
+    """Run in each decoder at start: exit as soon as ``parent_pid`` dies."""
     if sys.platform.startswith("linux"):
         # The kernel's own signal works even while a hung decoder holds the GIL in C,
         # where the watchdog thread below could never run.
@@ -101,12 +105,40 @@ class _SpawnContext(multiprocessing.context.SpawnContext):
     Process = _LongLivedParentProcess
 
 
+# === The timeout counts from when a decoder starts an image ===
+# Up to ``window`` images wait in the pool's queue, so the time since submit() says
+# nothing about how long an image has been decoding: with 128 in flight on 2 decoders a
+# legal 0.5 s image waits ~30 s for its turn. So each decoder stamps (attempt, time) on a
+# queue the parent reads, just before it runs the decode function.
+#
+# Both sides read time.monotonic(): CLOCK_MONOTONIC on Linux (mach time on macOS,
+# QueryPerformanceCounter on Windows) is one clock for the whole machine, so a decoder's
+# stamp compares with the parent's own readings, and unlike time.time() it never jumps.
+
+_START_POLL_SECONDS = 0.05  # how often the parent looks for the oldest image's stamp
+_stamps: multiprocessing.queues.SimpleQueue | None = None  # in a decoder: its pool's
+
+
+def _init_decoder(parent_pid: int, stamps: multiprocessing.queues.SimpleQueue) -> None:
+    """Pool initializer, run in each decoder."""
+    global _stamps
+    _stamps = stamps
+    _die_with_parent(parent_pid)
+
+
+def _decode(function: Callable[[Any], Any], attempt: int, payload: Any) -> Any:
+    # Stamped after the payload has been received and unpickled (and the function's
+    # module imported): only the decoding itself counts against the timeout.
+    _stamps.put((attempt, time.monotonic()))
+    return function(payload)
+
+
 @dataclass
 class _InFlight:
     key: Any
     payload: Any
     future: concurrent.futures.Future
-    started: float
+    attempt: int  # unique per submission, so a retried image is never confused with itself
 
 
 class DecodePool:
@@ -121,15 +153,23 @@ class DecodePool:
         self.timeout = timeout
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._pending: collections.deque[_InFlight] = collections.deque()
+        self._attempts = itertools.count()
+        # The current pool's stamps, and the start times read from them, by attempt.
+        self._stamps: multiprocessing.queues.SimpleQueue | None = None
+        self._started: dict[int, float] = {}
 
     # === Pool lifecycle ===
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
+            context = _SpawnContext()
+            # A queue per pool: a decoder killed halfway through a put() leaves the
+            # queue's lock held, and that pool's stamps mean nothing to the next one.
+            self._stamps = context.SimpleQueue()
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.processes,
-                mp_context=_SpawnContext(),
-                initializer=_die_with_parent,
-                initargs=(os.getpid(),),
+                mp_context=context,
+                initializer=_init_decoder,
+                initargs=(os.getpid(), self._stamps),
             )
         return self._pool
 
@@ -145,6 +185,10 @@ class DecodePool:
                 process.kill()
         for process in processes:
             process.join(timeout=5)
+        if self._stamps is not None:
+            self._stamps.close()
+        self._stamps = None
+        self._started.clear()
 
     def close(self) -> None:
         self._kill()
@@ -161,27 +205,67 @@ class DecodePool:
             yield from self._finish_oldest()
 
     def _start(self, key: Any, payload: Any) -> _InFlight:
-        future = self._executor().submit(self.function, payload)
-        return _InFlight(key, payload, future, time.monotonic())
+        attempt = next(self._attempts)
+        future = self._executor().submit(_decode, self.function, attempt, payload)
+        return _InFlight(key, payload, future, attempt)
+
+    def _read_stamps(self) -> None:
+        # Never blocks: there is at most one stamp per image in flight (~30 bytes each),
+        # far below what a pipe holds, so a decoder's put() never waits for the parent
+        # either. A stamp is a single write that small, which a pipe takes whole: a
+        # decoder dying mid-put cannot leave half a stamp for get() to wait on.
+        while self._stamps is not None and not self._stamps.empty():
+            attempt, started = self._stamps.get()
+            self._started[attempt] = started
+
+    def _wait(self, item: _InFlight) -> bool:
+        """Wait for ``item``, which must be the oldest in flight; False if it ran out of time.
+
+        An image's deadline is ``timeout`` after a decoder started it. One not started
+        yet has none, with one exception: decoders take work in order and everything
+        queued before ``item`` has finished, so a free decoder takes it at once. If none
+        has after ``timeout``, the decoders are stuck (or never started) and only a new
+        pool helps.
+        """
+        waiting_since = time.monotonic()
+        while True:
+            done = item.future.done()
+            # Read after done(): a decoder stamps before it runs, so by now any stamp of
+            # a finished image is in the queue, and popping it here leaks nothing.
+            self._read_stamps()
+            if done:
+                self._started.pop(item.attempt, None)
+                return True
+            started = self._started.get(item.attempt)
+            if started is not None:
+                remaining = started + self.timeout - time.monotonic()
+            else:
+                remaining = waiting_since + self.timeout - time.monotonic()
+            if remaining <= 0:
+                return False
+            if started is None:
+                remaining = min(remaining, _START_POLL_SECONDS)  # look for its stamp again
+            concurrent.futures.wait([item.future], timeout=remaining)
+
+    def _timed_out(self) -> DecodeTimeoutError:
+        return DecodeTimeoutError(
+            f"decoding took longer than {self.timeout:g} s; the decoder was killed"
+        )
 
     def _finish_oldest(self) -> Iterator[tuple[Any, Any, BaseException | None]]:
         item = self._pending.popleft()
-        remaining = self.timeout - (time.monotonic() - item.started)
-        try:
-            yield item.key, item.future.result(timeout=max(remaining, 0.0)), None
-        except concurrent.futures.TimeoutError:
-            yield (
-                item.key,
-                None,
-                DecodeTimeoutError(
-                    f"decoding took longer than {self.timeout:g} s; the decoder was killed"
-                ),
-            )
+        if not self._wait(item):
+            yield item.key, None, self._timed_out()
             self._restart_pending()
+            return
+        try:
+            result = item.future.result()
         except BrokenProcessPool:
             yield from self._isolate_crash(item)
         except Exception as error:  # noqa: BLE001 - the decoder's own error, reported per image
             yield item.key, None, error
+        else:
+            yield item.key, result, None
 
     def _restart_pending(self) -> None:
         """Kill the pool and resubmit everything still in flight to a fresh one."""
@@ -197,9 +281,13 @@ class DecodePool:
         self._pending.clear()
         self._kill()
         for item in suspects:
+            retry = self._start(item.key, item.payload)
+            if not self._wait(retry):
+                self._kill()
+                yield item.key, None, self._timed_out()
+                continue
             try:
-                result = self._start(item.key, item.payload).future.result(timeout=self.timeout)
-                yield item.key, result, None
+                result = retry.future.result()
             except BrokenProcessPool:
                 self._kill()
                 yield (
@@ -207,14 +295,7 @@ class DecodePool:
                     None,
                     DecoderCrashedError("the decoder process died while decoding this image"),
                 )
-            except concurrent.futures.TimeoutError:
-                self._kill()
-                yield (
-                    item.key,
-                    None,
-                    DecodeTimeoutError(
-                        f"decoding took longer than {self.timeout:g} s; the decoder was killed"
-                    ),
-                )
             except Exception as error:  # noqa: BLE001 - the decoder's own error, per image
                 yield item.key, None, error
+            else:
+                yield item.key, result, None

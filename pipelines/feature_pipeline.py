@@ -114,22 +114,13 @@ def feature_config(
     return dataclasses.replace(config, encoder=encoder), train_config.precision
 
 
-def _output_folder(output: str) -> str:
-    if not is_local(output):
-        return output.rstrip("/")
-    path = Path(output.removeprefix("file://")).absolute()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--output {output} is a file; it names a folder for the features")
-    return str(path)
-
-
 def resolve_job(args: argparse.Namespace) -> FeatureJob:
     if args.min_batch_size < 1 or args.max_batch_size < args.min_batch_size:
         raise UserError("need 1 <= --min-batch-size <= --max-batch-size")
     if args.retention_hours < 0:
         raise UserError("--retention-hours must be 0 or more")
     config, preset_precision = feature_config(args.preset, args.image_size, args.backbone_weights)
-    output = _output_folder(args.output)
+    output = run_layout.output_folder(args.output, "the features")
     images = args.images.rstrip("/")
     if is_local(images):
         if not Path(images).is_dir():

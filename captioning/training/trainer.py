@@ -128,7 +128,7 @@ def train(
     # images directory is then optional, and only filters captions of missing files.
     shards = open_feature_shards(features) if features else None
     if shards is None and images is None:
-        raise UserError("give the images directory, or --features PREFIX")
+        raise UserError("give the images directory, or --features DIR")
     if shards is not None:
         if config.captioner.encoder.trainable:
             raise UserError("--features trains from frozen-backbone features; freeze the backbone")

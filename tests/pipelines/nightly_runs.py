@@ -59,13 +59,15 @@ class Run:
         return "\n".join(self.lines)
 
 
-def start(args: list[str], hold: str | None = None) -> Run:
+def start(args: list[str], hold: str | None = None, command: str = "caption") -> Run:
+    """``captioning COMMAND ARGS`` in a process of its own; ``hold`` sets the commit
+    step's test hold (``pipelines.commit_tables.hold_for_test``)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("CAPTIONING_TEST_HOLD", None)
     if hold:
         env["CAPTIONING_TEST_HOLD"] = hold
     process = subprocess.Popen(
-        [sys.executable, "-m", "captioning.cli.main", "caption", *args],
+        [sys.executable, "-m", "captioning.cli.main", command, *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

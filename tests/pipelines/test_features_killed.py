@@ -8,11 +8,8 @@ spec names would show it.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -23,7 +20,7 @@ from captioning import run_layout, tables
 from captioning.models.image_encoder import build_inception_backbone
 from captioning.training.feature_shards import FeatureShards, open_feature_shards
 from captioning.training.feature_spec import read_spec
-from tests.pipelines.nightly_runs import REPO, Run
+from tests.pipelines.nightly_runs import Run, start
 from tests.pipelines.test_feature_pipeline import BROKEN, MISSING, make_dataset
 
 pytestmark = pytest.mark.timeout(900)
@@ -33,20 +30,7 @@ RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{6}")
 
 
 def start_features(args: list[str], hold: str | None = None) -> Run:
-    """`python -m captioning.cli.main features ARGS` (the nightly_runs.start pattern)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("CAPTIONING_TEST_HOLD", None)
-    if hold:
-        env["CAPTIONING_TEST_HOLD"] = hold
-    process = subprocess.Popen(
-        [sys.executable, "-m", "captioning.cli.main", "features", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    return Run(process)
+    return start(args, hold, command="features")
 
 
 def features_args(dataset: Path, captions: str, output: Path) -> list[str]:

@@ -48,7 +48,9 @@ def last_night(archive, tiny_bundle, tmp_path_factory) -> tuple[Path, dict]:
 
 def nightly_args(archive: Path, output: Path, bundle, folders=("old", "new")) -> list[str]:
     args = [f"--input={archive / folder}/*.png" for folder in folders]
-    return [*args, "--output", str(output), "--model", str(bundle), "--skip-existing"]
+    # The broken file is 1 of 13 or of 25 inputs, above the default 5% alert level.
+    limit = ["--max-error-rate", "0.1"]
+    return [*args, "--output", str(output), "--model", str(bundle), *limit, "--skip-existing"]
 
 
 def beam_temp_folders(output: Path) -> list[Path]:
@@ -141,6 +143,8 @@ def test_concurrent_appends_both_land(archive, tiny_bundle, last_night, tmp_path
                 "--model",
                 str(tiny_bundle),
                 "--skip-existing",
+                "--max-error-rate",
+                "0.1",
             ],
             hold=f"written={release}",
         )
