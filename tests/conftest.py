@@ -84,6 +84,20 @@ def gcs(tmp_path_factory):
     server.stop()
 
 
+# The emulator serves one request at a time with a listen backlog of 5; Beam's and
+# delta-rs' parallel requests from two processes overflow that and time out. Threads.
+_EMULATOR_PROCESS = """
+import http.server, time
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 256
+http.server.HTTPServer = Server
+from gcp_storage_emulator.server import create_server
+create_server("127.0.0.1", {port}, in_memory=True, default_bucket="{bucket}").start()
+while True:
+    time.sleep(60)
+"""
+
+
 def _wait_until_up(url: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -108,9 +122,7 @@ def gcs_process():
         [
             sys.executable,
             "-c",
-            "import time\nfrom gcp_storage_emulator.server import create_server\n"
-            f"create_server('127.0.0.1', {port}, in_memory=True, "
-            f"default_bucket={GCS_BUCKET!r}).start()\nwhile True: time.sleep(60)",
+            _EMULATOR_PROCESS.format(port=port, bucket=GCS_BUCKET),
         ]
     )
     emulator_url = f"http://127.0.0.1:{port}"
