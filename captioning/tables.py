@@ -155,6 +155,9 @@ def commit(
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    # The latest snapshot, not the start one: a retried step whose first try committed.
+    if committed_by(uri, app_id):
+        return None
     start = set() if mode == "append" else set(committed_files_relative(uri, start_version))
     properties = CommitProperties(
         custom_metadata={"captioning": json.dumps({"mode": mode, **(metadata or {})})},
