@@ -30,10 +30,10 @@ class Caption:
 
 def decode_results(bundle: LoadedBundle, result, keep_attention: bool = False) -> list[tuple]:
     """SearchResult -> per image (caption, score, alternatives, attention)."""
-    tokens = result.tokens.numpy()
-    scores = result.scores.numpy()
-    lengths = result.lengths.numpy()
-    attention = result.attention.numpy() if keep_attention else None
+    tokens = np.asarray(result.tokens)
+    scores = np.asarray(result.scores)
+    lengths = np.asarray(result.lengths)
+    attention = np.asarray(result.attention) if keep_attention else None
     decoded = []
     for row in range(tokens.shape[0]):
         beams = [

@@ -30,14 +30,28 @@ def resolve_precision(name: str) -> str:
         return name
     if name != "auto":
         raise ValueError(f"unknown precision {name!r}; choose from {', '.join(CHOICES)}")
+    major = gpu_compute_capability()
+    if major is not None:
+        return "mixed_bfloat16" if major >= 8 else "mixed_float16"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def gpu_compute_capability() -> int | None:
+    """The major compute capability of the first GPU the Keras backend sees, or None."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        gpus = [device for device in jax.devices() if device.platform == "gpu"]
+        if not gpus:
+            return None
+        return int(str(getattr(gpus[0], "compute_capability", "0")).split(".")[0])
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        major, _ = details.get("compute_capability", (0, 0))
-        return "mixed_bfloat16" if major >= 8 else "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+    if not gpus:
+        return None
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return details.get("compute_capability", (0, 0))[0]
 
 
 @contextlib.contextmanager

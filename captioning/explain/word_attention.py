@@ -59,9 +59,9 @@ def explain_image(
     pixels = resize(picture, image_config.image_size)
     result = bundle.captioner.generate(pixels[None], beam_width=beam_width)
     vocabulary = bundle.vocabulary
-    tokens = result.tokens.numpy()[0, 0]
-    length = int(result.lengths.numpy()[0, 0])
-    attention = result.attention.numpy()[0, 0]
+    tokens = np.asarray(result.tokens)[0, 0]
+    length = int(np.asarray(result.lengths)[0, 0])
+    attention = np.asarray(result.attention)[0, 0]
     words: list[str] = []
     rows: list[int] = []
     # Same rule as Vocabulary.decode, so the words are exactly the caption users see.
@@ -82,5 +82,5 @@ def explain_image(
         image=np.asarray(picture, dtype=np.uint8),
         words=words,
         maps=maps,
-        score=float(result.scores.numpy()[0, 0]),
+        score=float(np.asarray(result.scores)[0, 0]),
     )

@@ -1,8 +1,8 @@
-"""Batched, in-graph caption search: greedy and beam search.
+"""Batched caption search, greedy and beam, written in ``keras.ops`` for any backend.
 
-Both run as one ``tf.while_loop`` over time for the whole batch (no per-image or
-per-step Python), with every loop variable at one static shape, so they trace once
-into a ``tf.function`` and XLA can compile them.
+Both run as one ``ops.while_loop`` over time for the whole batch (no per-image or
+per-step Python), with every loop variable at one static shape, so the loop compiles
+once: into a ``tf.while_loop`` under TensorFlow and a ``lax.while_loop`` under JAX.
 ``step_fn(tokens [N], hidden [N, H]) -> (logits [N, V], hidden, attention [N, L])`` is
 the decoder with its image features already bound.
 """
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import tensorflow as tf
+from keras import ops
 
-StepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
+Tensor = Any  # a backend tensor (tf.Tensor, jax.Array) or, once returned, np.ndarray
+StepFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 _NEG_INF = -1e9
 
@@ -28,27 +30,39 @@ class SearchResult:
     <end> included), attention [B, K, T, L].
     """
 
-    tokens: tf.Tensor
-    scores: tf.Tensor
-    lengths: tf.Tensor
-    attention: tf.Tensor
+    tokens: Tensor
+    scores: Tensor
+    lengths: Tensor
+    attention: Tensor
 
 
-def _write(values: tf.Tensor, t: tf.Tensor, new: tf.Tensor, max_length: int, axis: int):
+def _write(values: Tensor, t: Tensor, new: Tensor, max_length: int, axis: int) -> Tensor:
     """``values`` with position ``t`` of its time axis set to ``new`` (which is zero there).
 
     A one-hot add rather than a growing concat, so every loop variable keeps one static
     shape: that is what lets XLA compile the whole search loop.
     """
-    mask = tf.one_hot(t, max_length, dtype=values.dtype)
+    mask = ops.one_hot(t, max_length, dtype=values.dtype)
     shape = [1] * len(values.shape)
     shape[axis] = max_length
-    return values + tf.reshape(mask, shape) * tf.expand_dims(new, axis)
+    return values + ops.reshape(mask, shape) * ops.expand_dims(ops.cast(new, values.dtype), axis)
+
+
+def _gather_beams(values: Tensor, parent: Tensor, batch: Tensor, k: int) -> Tensor:
+    """``values[b, parent[b, j]]`` for values [B, K, ...] and parent [B, K].
+
+    One flat ``take`` over B * K rows: the same op on every backend, where a
+    batched gather is spelt differently on each.
+    """
+    offsets = ops.expand_dims(ops.arange(batch, dtype="int32") * k, 1)
+    flat_index = ops.reshape(parent + offsets, [-1])
+    rows = ops.reshape(values, [-1, *values.shape[2:]])
+    return ops.reshape(ops.take(rows, flat_index, axis=0), ops.shape(values))
 
 
 def greedy_search(
     step_fn: StepFn,
-    hidden: tf.Tensor,
+    hidden: Tensor,
     grid_size: int,
     max_length: int,
     start_id: int,
@@ -56,37 +70,37 @@ def greedy_search(
     pad_id: int = 0,
 ) -> SearchResult:
     """The most likely word at every step; stops when every caption has ended."""
-    batch = tf.shape(hidden)[0]
-    tokens = tf.fill([batch], tf.cast(start_id, tf.int32))
-    finished = tf.zeros([batch], tf.bool)
-    log_prob = tf.zeros([batch], tf.float32)
-    lengths = tf.zeros([batch], tf.int32)
-    words = tf.fill([batch, max_length], tf.cast(pad_id, tf.int32))
-    attention = tf.zeros([batch, max_length, grid_size], tf.float32)
+    batch = ops.shape(hidden)[0]
+    tokens = ops.full([batch], start_id, dtype="int32")
+    finished = ops.zeros([batch], dtype="bool")
+    log_prob = ops.zeros([batch], dtype="float32")
+    lengths = ops.zeros([batch], dtype="int32")
+    words = ops.full([batch, max_length], pad_id, dtype="int32")
+    attention = ops.zeros([batch, max_length, grid_size], dtype="float32")
 
     def body(t, tokens, hidden, finished, log_prob, lengths, words, attention):
         logits, hidden, weights = step_fn(tokens, hidden)
-        logits = tf.cast(logits, tf.float32)
-        best = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        best_log_prob = tf.reduce_max(logits, axis=-1) - tf.reduce_logsumexp(logits, axis=-1)
-        word = tf.where(finished, pad_id, best)
-        log_prob += tf.where(finished, 0.0, best_log_prob)
-        lengths += tf.cast(~finished, tf.int32)
+        logits = ops.cast(logits, "float32")
+        best = ops.cast(ops.argmax(logits, axis=-1), "int32")
+        best_log_prob = ops.max(logits, axis=-1) - ops.logsumexp(logits, axis=-1)
+        word = ops.where(finished, pad_id, best)
+        log_prob = log_prob + ops.where(finished, 0.0, best_log_prob)
+        lengths = lengths + ops.cast(ops.logical_not(finished), "int32")
         words = _write(words, t, word - pad_id, max_length, axis=1)
-        attention = _write(attention, t, tf.cast(weights, tf.float32), max_length, axis=1)
-        finished |= tf.equal(word, end_id)
+        attention = _write(attention, t, ops.cast(weights, "float32"), max_length, axis=1)
+        finished = ops.logical_or(finished, ops.equal(word, end_id))
         return t + 1, word, hidden, finished, log_prob, lengths, words, attention
 
     def cond(t, tokens, hidden, finished, *_):
-        return tf.logical_and(t < max_length, ~tf.reduce_all(finished))
+        return ops.logical_and(t < max_length, ops.logical_not(ops.all(finished)))
 
-    _, _, _, _, log_prob, lengths, words, attention = tf.while_loop(
+    _, _, _, _, log_prob, lengths, words, attention = ops.while_loop(
         cond,
         body,
-        (tf.constant(0), tokens, hidden, finished, log_prob, lengths, words, attention),
+        (ops.convert_to_tensor(0), tokens, hidden, finished, log_prob, lengths, words, attention),
         maximum_iterations=max_length,
     )
-    scores = log_prob / tf.cast(tf.maximum(lengths, 1), tf.float32)
+    scores = log_prob / ops.cast(ops.maximum(lengths, 1), "float32")
     return SearchResult(
         tokens=words[:, None, :],
         scores=scores[:, None],
@@ -97,7 +111,7 @@ def greedy_search(
 
 def beam_search(
     step_fn: StepFn,
-    hidden: tf.Tensor,
+    hidden: Tensor,
     grid_size: int,
     max_length: int,
     start_id: int,
@@ -112,63 +126,66 @@ def beam_search(
     ranked by ``log_prob / length ** length_penalty``.
     """
     k = beam_width
-    batch = tf.shape(hidden)[0] // k
+    batch = ops.shape(hidden)[0] // k
     units = hidden.shape[-1]
-    tokens = tf.fill([batch * k], tf.cast(start_id, tf.int32))
+    tokens = ops.full([batch * k], start_id, dtype="int32")
     # Only the first beam is live at t=0, so the K beams do not start as K copies.
-    scores = tf.tile(tf.constant([[0.0] + [_NEG_INF] * (k - 1)]), [batch, 1])
-    finished = tf.zeros([batch, k], tf.bool)
-    lengths = tf.zeros([batch, k], tf.int32)
-    words = tf.fill([batch, k, max_length], tf.cast(pad_id, tf.int32))
-    attention = tf.zeros([batch, k, max_length, grid_size], tf.float32)
+    first_live = ops.convert_to_tensor([[0.0] + [_NEG_INF] * (k - 1)], dtype="float32")
+    scores = ops.tile(first_live, [batch, 1])
+    finished = ops.zeros([batch, k], dtype="bool")
+    lengths = ops.zeros([batch, k], dtype="int32")
+    words = ops.full([batch, k, max_length], pad_id, dtype="int32")
+    attention = ops.zeros([batch, k, max_length, grid_size], dtype="float32")
+    # A finished beam has one continuation, <pad>, at no cost.
+    pad_only = ops.convert_to_tensor([0.0] + [_NEG_INF] * (k - 1), dtype="float32")
 
     def body(t, tokens, hidden, scores, finished, lengths, words, attention):
         logits, hidden, weights = step_fn(tokens, hidden)
-        logits = tf.cast(logits, tf.float32)
+        logits = ops.cast(logits, "float32")
         # Two-stage top-k: the best K words of each beam, then the best K of those K*K.
         # Exact (any global top-K candidate is in its own beam's top K) and far cheaper
         # than a log-softmax and top-k over all K * vocabulary candidates.
-        best_logits, best_words = tf.math.top_k(logits, k=k)
-        log_probs = best_logits - tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
-        log_probs = tf.reshape(log_probs, [batch, k, k])
-        best_words = tf.reshape(best_words, [batch, k, k])
-        # A finished beam has one continuation, <pad>, at no cost.
-        pad_only = tf.constant([0.0] + [_NEG_INF] * (k - 1))
-        log_probs = tf.where(finished[..., None], pad_only[None, None, :], log_probs)
-        best_words = tf.where(finished[..., None], pad_id, best_words)
-        candidates = tf.reshape(scores[..., None] + log_probs, [batch, k * k])
-        scores, flat_index = tf.math.top_k(candidates, k=k)
+        best_logits, best_words = ops.top_k(logits, k=k)
+        log_probs = best_logits - ops.logsumexp(logits, axis=-1, keepdims=True)
+        log_probs = ops.reshape(log_probs, [batch, k, k])
+        best_words = ops.reshape(ops.cast(best_words, "int32"), [batch, k, k])
+        log_probs = ops.where(finished[..., None], pad_only[None, None, :], log_probs)
+        best_words = ops.where(finished[..., None], pad_id, best_words)
+        candidates = ops.reshape(scores[..., None] + log_probs, [batch, k * k])
+        scores, flat_index = ops.top_k(candidates, k=k)
+        flat_index = ops.cast(flat_index, "int32")
         parent = flat_index // k
-        word = tf.gather(tf.reshape(best_words, [batch, k * k]), flat_index, batch_dims=1)
+        word = ops.take_along_axis(ops.reshape(best_words, [batch, k * k]), flat_index, axis=1)
 
-        finished = tf.gather(finished, parent, batch_dims=1)
-        lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(~finished, tf.int32)
-        words = _write(tf.gather(words, parent, batch_dims=1), t, word - pad_id, max_length, 2)
-        weights = tf.gather(
-            tf.reshape(tf.cast(weights, tf.float32), [batch, k, grid_size]), parent, batch_dims=1
-        )
-        attention = _write(tf.gather(attention, parent, batch_dims=1), t, weights, max_length, 2)
-        hidden = tf.reshape(
-            tf.gather(tf.reshape(hidden, [batch, k, units]), parent, batch_dims=1),
-            [batch * k, units],
-        )
-        finished |= tf.equal(word, end_id)
-        return t + 1, tf.reshape(word, [-1]), hidden, scores, finished, lengths, words, attention
+        finished = _gather_beams(finished, parent, batch, k)
+        lengths = _gather_beams(lengths, parent, batch, k)
+        lengths = lengths + ops.cast(ops.logical_not(finished), "int32")
+        words = _write(_gather_beams(words, parent, batch, k), t, word - pad_id, max_length, 2)
+        weights = ops.reshape(ops.cast(weights, "float32"), [batch, k, grid_size])
+        weights = _gather_beams(weights, parent, batch, k)
+        attention = _write(_gather_beams(attention, parent, batch, k), t, weights, max_length, 2)
+        hidden = _gather_beams(ops.reshape(hidden, [batch, k, units]), parent, batch, k)
+        hidden = ops.reshape(hidden, [batch * k, units])
+        finished = ops.logical_or(finished, ops.equal(word, end_id))
+        return t + 1, ops.reshape(word, [-1]), hidden, scores, finished, lengths, words, attention
 
     def cond(t, tokens, hidden, scores, finished, *_):
-        return tf.logical_and(t < max_length, ~tf.reduce_all(finished))
+        return ops.logical_and(t < max_length, ops.logical_not(ops.all(finished)))
 
-    _, _, _, scores, _, lengths, words, attention = tf.while_loop(
+    _, _, _, scores, _, lengths, words, attention = ops.while_loop(
         cond,
         body,
-        (tf.constant(0), tokens, hidden, scores, finished, lengths, words, attention),
+        (ops.convert_to_tensor(0), tokens, hidden, scores, finished, lengths, words, attention),
         maximum_iterations=max_length,
     )
-    normalised = scores / tf.pow(tf.cast(tf.maximum(lengths, 1), tf.float32), length_penalty)
-    order = tf.argsort(normalised, axis=-1, direction="DESCENDING", stable=True)
+    normalised = scores / ops.power(ops.cast(ops.maximum(lengths, 1), "float32"), length_penalty)
+    # top_k over all K sorts best first; ties keep the lower beam first on every backend,
+    # as a stable descending argsort would.
+    normalised, order = ops.top_k(normalised, k=k)
+    order = ops.cast(order, "int32")
     return SearchResult(
-        tokens=tf.gather(words, order, batch_dims=1),
-        scores=tf.gather(normalised, order, batch_dims=1),
-        lengths=tf.gather(lengths, order, batch_dims=1),
-        attention=tf.gather(attention, order, batch_dims=1),
+        tokens=_gather_beams(words, order, batch, k),
+        scores=normalised,
+        lengths=_gather_beams(lengths, order, batch, k),
+        attention=_gather_beams(attention, order, batch, k),
     )

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import keras
-import numpy as np
-import tensorflow as tf
 
 from captioning.config import CaptionerConfig
 from captioning.models.attention_gru_decoder import AttentionGRUDecoder
-from captioning.models.caption_search import SearchResult, beam_search, greedy_search
+from captioning.models.caption_generation import Generator
+from captioning.models.caption_search import SearchResult
 from captioning.models.image_encoder import ImageEncoder
 
 
@@ -45,7 +42,7 @@ class Captioner(keras.Model):
         self.end_id = end_id
         self.beam_width = beam_width
         self.length_penalty = length_penalty
-        self._generate_functions: dict[tuple[int, int, bool], Any] = {}
+        self._generate_functions: dict[tuple[int, int, bool, bool], Generator] = {}
 
     # === Construction ===
     @classmethod
@@ -125,86 +122,21 @@ class Captioner(keras.Model):
         max_length: int | None = None,
         jit_compile: bool = False,
     ) -> SearchResult:
-        """Captions for a batch of uint8 images (or backbone features), best beam first.
-
-        ``beam_width`` 1 is greedy search. Each (beam_width, max_length, input kind)
-        is traced once; batches of any size reuse the trace.
-        """
+        """Captions for a batch of uint8 images (or backbone features), best beam first,
+        as numpy arrays. ``beam_width`` 1 is greedy search. ``jit_compile`` compiles the
+        search with XLA under TensorFlow (JAX always does). Each (beam_width,
+        max_length, input kind) compiles once; batches of any size reuse it."""
         beam_width = self.beam_width if beam_width is None else int(beam_width)
         max_length = self.max_length - 1 if max_length is None else int(max_length)
         if beam_width < 1:
             raise ValueError("beam_width must be at least 1")
         from_features = features is not None
         key = (beam_width, max_length, from_features, jit_compile)
-        function = self._generate_functions.get(key)
-        if function is None:
-            function = self._make_generate_function(
-                beam_width, max_length, from_features, jit_compile
-            )
-            self._generate_functions[key] = function
-        inputs = features if from_features else images
-        if from_features:
-            inputs = tf.cast(inputs, self.compute_dtype)
-        elif isinstance(inputs, np.ndarray):
-            inputs = tf.convert_to_tensor(inputs)
-        return SearchResult(*function(inputs))
-
-    def _make_generate_function(
-        self, beam_width: int, max_length: int, from_features: bool, jit_compile: bool
-    ):
-        """Encoder and search as two compiled functions: XLA (``jit_compile``) helps the
-        search loop's many small ops, while the CNN stays on oneDNN/cuDNN kernels."""
-        if from_features:
-            input_spec = tf.TensorSpec(
-                [None, None, self.encoder.backbone_channels], self.compute_dtype
-            )
-        else:
-            size = self.encoder.image_size
-            input_spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
-        grid_size = self.encoder.grid_size
-        features_spec = tf.TensorSpec(
-            [None, grid_size, self.encoder.projection_dim], self.compute_dtype
-        )
-
-        @tf.function(input_signature=[input_spec], reduce_retracing=True)
-        def encode(inputs):
-            if from_features:
-                return self.encoder.project(tf.cast(inputs, self.compute_dtype))
-            return self.encoder(inputs, training=False)
-
-        @tf.function(input_signature=[features_spec], jit_compile=jit_compile)
-        def search(features):
-            keys, hidden = self.decoder.start(features)
-            if beam_width > 1:
-                features = tf.repeat(features, beam_width, axis=0)
-                keys = tf.repeat(keys, beam_width, axis=0)
-                hidden = tf.repeat(hidden, beam_width, axis=0)
-
-            def step(tokens, state):
-                return self.decoder.step(tokens, state, features, keys, training=False)
-
-            if beam_width == 1:
-                result = greedy_search(
-                    step, hidden, grid_size, max_length, self.start_id, self.end_id
-                )
-            else:
-                result = beam_search(
-                    step,
-                    hidden,
-                    grid_size,
-                    max_length,
-                    self.start_id,
-                    self.end_id,
-                    beam_width,
-                    self.length_penalty,
-                )
-            return result.tokens, result.scores, result.lengths, result.attention
-
-        def run(inputs):
-            features = encode(inputs)
-            return search(features)
-
-        return run
+        generator = self._generate_functions.get(key)
+        if generator is None:
+            generator = Generator(self, beam_width, max_length, from_features, jit_compile)
+            self._generate_functions[key] = generator
+        return generator(features if from_features else images)
 
     # === Config ===
     def get_config(self):
