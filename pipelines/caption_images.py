@@ -1,7 +1,8 @@
 """CaptionImages: (uri, decoded image) -> caption rows, through Beam's RunInference.
 
 Outputs ``captions`` and ``errors``: error rows for images whose generation failed
-even alone (the handler narrows a failing batch down to them) and, from RunInference's
+even alone (the handler narrows a failing batch down to them) or whose JPEG bytes
+could not be decoded next to the model, and, from RunInference's
 dead-letter output, for every image of a batch that failed any other way.
 """
 
@@ -38,7 +39,7 @@ class ToCaptionRow(beam.DoFn):
         uri, prediction = keyed
         failure = inference_error(prediction)
         if failure is not None:
-            yield beam.pvalue.TaggedOutput(ERRORS, counted_error_row(uri, "inference", *failure))
+            yield beam.pvalue.TaggedOutput(ERRORS, counted_error_row(uri, *failure))
             return
         inference = prediction.inference
         Metrics.counter(NAMESPACE, IMAGES_CAPTIONED).inc()

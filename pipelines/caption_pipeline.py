@@ -3,6 +3,10 @@
     ListInputs -> [SkipExisting] -> ReadImages -> DecodeImages -> CaptionImages -> WriteCaptions
          \\_____________________________\\______________\\_______________\\-> WriteErrors
 
+With GPU decoding, ``RouteImages`` after ReadImages sends the JPEGs the GPU takes
+straight to CaptionImages as bytes (decoded there, next to the model) and everything
+else through DecodeImages (Pillow).
+
 Run it with ``captioning caption`` or ``python -m pipelines.caption_pipeline``;
 tests call ``run(argv, test_pipeline=TestPipeline(...))``. ``--dry_run`` builds the
 pipeline and describes the job instead of running it (for DataflowRunner: the real
@@ -31,13 +35,13 @@ from apache_beam.options.pipeline_options import (
 )
 
 from captioning import run_layout, tables
-from captioning.config import captioner_config_from_dict
+from captioning.config import CaptionerConfig, captioner_config_from_dict
 from captioning.errors import CommitConflictError, ErrorRateAlert, UserError
 from pipelines.bundle_staging import check_model_id, read_model_id
 from pipelines.caption_images import CaptionImages
 from pipelines.caption_model_handler import CaptionModelHandler
 from pipelines.commit_tables import CommitPlan, CommitTables
-from pipelines.dataflow_gpu import apply_gpu_worker_defaults
+from pipelines.dataflow_gpu import ACCELERATOR_HINT, HARNESS_THREADS, apply_gpu_worker_defaults
 from pipelines.dataflow_job import (
     check_offline_locations,
     describe_dataflow_job,
@@ -48,6 +52,7 @@ from pipelines.decode_images import DecodeImages
 from pipelines.legacy_output import import_legacy_captions, legacy_caption_files
 from pipelines.options import CaptionOptions, normalize_dry_run
 from pipelines.read_images import ListInputs, ReadImages, inputs_list_anything, is_local
+from pipelines.route_images import JPEG, OTHER, RouteImages
 from pipelines.run_summary import build_summary, counters, write_summary
 from pipelines.skip_existing import SkipExisting
 from pipelines.unknown_flags import check_beam_flags
@@ -68,6 +73,10 @@ class CaptionJob:
     precision: str
     max_batch_size: int
     commit: CommitPlan
+    decode_device: str = "cpu"  # where JPEGs are decoded: "cpu" or "gpu"
+    # --right-fit: the inference step's accelerator resource hint.
+    accelerator_hint: str | None = None
+    on_dataflow: bool = False
     # --skip-existing: the data files of the captions snapshot the run starts from.
     existing_captions: list[str] | None = None
     offline: bool = False  # a dry run: remote outputs are not looked at
@@ -94,11 +103,16 @@ def _check_options(options: CaptionOptions) -> None:
         raise UserError("--max-error-rate must be between 0 and 1")
     if options.retention_hours < 0:
         raise UserError("--retention-hours must be 0 or more")
+    if options.decoders is not None and options.decoders < 1:
+        raise UserError("--decoders must be at least 1")
 
 
 def _model_id(options: CaptionOptions, offline: bool) -> str:
     """The bundle's model id; with ``--expect-model-id`` the bundle's content is hashed
-    and must match (a dry run compares what the manifest declares, offline)."""
+    and must match (a dry run compares what the manifest declares, offline). A dry run
+    does not read a bundle in a bucket at all: its id is then the pin, or unknown."""
+    if offline and not is_local(options.model):
+        return options.expect_model_id or "unknown (a dry run does not read a remote bundle)"
     try:
         model_id = read_model_id(options.model)
     except Exception as error:  # noqa: BLE001 - any failure means "not a usable bundle"
@@ -149,7 +163,11 @@ def resolve_job(
         raise UserError(f"--input-manifest {options.input_manifest} does not exist")
     output = run_layout.output_folder(options.output, "the tables")
     options.output = output
-    config = captioner_config_from_dict(_bundle_config(options.model))
+    if offline and not is_local(options.model):
+        # A dry run stays offline: the job is described with the default image settings.
+        config = CaptionerConfig()
+    else:
+        config = captioner_config_from_dict(_bundle_config(options.model))
     model_id = _model_id(options, offline)
     precision = options.precision or ("auto" if options.gpu else config.generation.precision)
     max_batch = options.max_batch_size or (128 if options.gpu else 64)
@@ -188,9 +206,26 @@ def resolve_job(
             fail_job_on_alert=on_dataflow,
             earlier_captions=bool(earlier) or offline,
         ),
+        decode_device=_decode_device(options, on_dataflow),
+        accelerator_hint=ACCELERATOR_HINT if options.right_fit and on_dataflow else None,
+        on_dataflow=on_dataflow,
         existing_captions=earlier if options.skip_existing else None,
         offline=offline,
     )
+
+
+def _decode_device(options: CaptionOptions, on_dataflow: bool) -> str:
+    """``--decode-device`` resolved where the graph is built. On Dataflow the launcher
+    has no GPU, so ``auto`` follows ``--gpu`` (the GPU image has nvImageCodec); locally
+    it looks for nvImageCodec and a GPU here."""
+    choice = options.decode_device
+    if on_dataflow:
+        if choice == "gpu" and not options.gpu:
+            raise UserError("--decode-device gpu on DataflowRunner needs --gpu (GPU workers)")
+        return "gpu" if choice == "gpu" or (choice == "auto" and options.gpu) else "cpu"
+    from captioning.images.gpu_decode import resolve_decode_device
+
+    return resolve_decode_device(choice)
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
@@ -204,21 +239,39 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
     # Spread the listed URIs over the workers before the expensive stages.
     uris = uris | "Spread" >> beam.Reshuffle()
     read = uris | "ReadImages" >> ReadImages()
-    decoded = read["images"] | "DecodeImages" >> DecodeImages(
-        job.image_size, job.max_pixels, options.decode_timeout, options.decode_isolation
+    to_pillow = read["images"]
+    if job.decode_device == "gpu":
+        routed = read["images"] | "RouteImages" >> RouteImages(job.max_pixels)
+        to_pillow = routed[OTHER]
+    decoded = to_pillow | "DecodeImages" >> DecodeImages(
+        job.image_size,
+        job.max_pixels,
+        options.decode_timeout,
+        options.decode_isolation,
+        processes=options.decoders,
+        # GPU workers run one SDK process with a decode step per harness thread.
+        threads=HARNESS_THREADS if job.on_dataflow and options.gpu and not options.right_fit else 1,
+        # Only compact JPEG bytes cross from the CPU workers to the GPU workers.
+        reencode=job.accelerator_hint is not None,
     )
+    examples = decoded["decoded"]
+    if job.decode_device == "gpu":
+        examples = (routed[JPEG], examples) | "ToCaption" >> beam.Flatten()
     handler = CaptionModelHandler(
         options.model,
         beam_width=options.beam_width,
         precision=job.precision,
         min_batch_size=options.min_batch_size,
         max_batch_size=job.max_batch_size,
-        share_across_processes=options.gpu,
+        # GPU workers run one SDK process, which holds the model (pipelines.dataflow_gpu).
+        share_across_processes=False,
         # XLA compiles the search loop's small ops into few GPU kernels.
         jit_compile=options.gpu,
         expected_model_id=options.expect_model_id,
+        decode_device=job.decode_device,
+        accelerator=job.accelerator_hint,
     )
-    captioned = decoded["decoded"] | "CaptionImages" >> CaptionImages(handler)
+    captioned = examples | "CaptionImages" >> CaptionImages(handler)
     errors = (
         listed["errors"],
         read["errors"],
@@ -243,6 +296,17 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
     )
 
 
+def _warn_without_gpu() -> None:
+    """``--gpu`` on a machine whose backend sees no GPU still runs, slowly: say so."""
+    from captioning.precision import gpu_compute_capability
+
+    if gpu_compute_capability() is None:
+        log.warning(
+            "--gpu, but no GPU is visible on this machine: the model runs on the CPU "
+            "(check the NVIDIA driver and CUDA libraries, or drop --gpu)"
+        )
+
+
 def _new_pipeline(options: PipelineOptions) -> beam.Pipeline:
     try:
         return beam.Pipeline(options=options)
@@ -263,6 +327,8 @@ def _dry_run(job: CaptionJob, options: PipelineOptions, gpu_defaults: dict) -> d
             "model_id": job.model_id,
             "precision": job.precision,
             "max_batch_size": job.max_batch_size,
+            "decode_device": job.decode_device,
+            "right_fit": job.accelerator_hint is not None,
             "skip_existing": job.existing_captions is not None,
             "gpu_settings_filled_in": gpu_defaults,
         },
@@ -301,7 +367,13 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     if caption_options.job_spec_out and not dry_run:
         raise UserError("--job-spec-out goes with --dry_run")
     on_dataflow = runs_on_dataflow(options)
-    gpu_defaults = apply_gpu_worker_defaults(options) if on_dataflow and caption_options.gpu else {}
+    if caption_options.right_fit and not caption_options.gpu:
+        raise UserError("--right-fit goes with --gpu: it moves the GPU to the inference step")
+    gpu_defaults = {}
+    if on_dataflow and caption_options.gpu:
+        gpu_defaults = apply_gpu_worker_defaults(options, right_fit=caption_options.right_fit)
+    elif caption_options.gpu and not dry_run:
+        _warn_without_gpu()
     if on_dataflow and dry_run:
         check_offline_locations(options)
     job = resolve_job(caption_options, offline=dry_run, on_dataflow=on_dataflow)

@@ -6,6 +6,9 @@ seconds, one that crashes takes down only a pool process, and either way the ima
 becomes an error row (stage ``decode``) while the job goes on. The pool keeps up to
 ``window`` images in flight, so decoding overlaps with inference downstream. By
 default there is one decoder per core the worker may use.
+
+With ``reencode`` (``--right-fit``) each image leaves as a 299 px JPEG rather than
+pixels, because it crosses to a GPU worker (``captioning.images.reencode``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from captioning.images.decode import load_image
+from captioning.images.reencode import EncodedImage, load_image_as_jpeg
 from pipelines.decode_pool import DecodePool
 from pipelines.error_rows import describe, error_row
 from pipelines.metrics import IMAGES_DECODED, NAMESPACE
@@ -28,7 +32,10 @@ ERRORS = "errors"
 
 
 def _decoded_output(uri: str, decoded) -> tuple[str, dict[str, Any]]:
-    return uri, {"pixels": decoded.pixels, "width": decoded.width, "height": decoded.height}
+    size = {"width": decoded.width, "height": decoded.height}
+    if isinstance(decoded, EncodedImage):
+        return uri, {"jpeg": decoded.jpeg, **size}
+    return uri, {"pixels": decoded.pixels, **size}
 
 
 def _error_output(uri: str, error: BaseException) -> beam.pvalue.TaggedOutput:
@@ -54,16 +61,19 @@ class PooledDecode(beam.DoFn):
         timeout: float,
         processes: int | None = None,
         window: int = 128,
+        threads: int = 1,
     ) -> None:
         self.decode = decode
         self.timeout = timeout
         self.processes = processes
         self.window = window
+        self.threads = threads
 
     def setup(self):
         # Decoding is CPU-bound, and on a GPU worker the cores have little else to do
-        # while the device runs the model: by default each one gets a decoder.
-        processes = self.processes or worker_cores()
+        # while the device runs the model: by default each one gets a decoder (shared
+        # out between the ``threads`` copies of this step one SDK process may run).
+        processes = self.processes or max(1, worker_cores() // self.threads)
         # At least two images per decoder in flight, so each has its next one queued
         # while the main thread collects results.
         window = max(self.window, 2 * processes)
@@ -121,18 +131,23 @@ class DecodeImages(beam.PTransform):
         isolate: bool = True,
         decode: Callable[[bytes], Any] | None = None,
         processes: int | None = None,
+        reencode: bool = False,
+        threads: int = 1,
     ) -> None:
         super().__init__()
         self.decode = decode or functools.partial(
-            load_image, image_size=image_size, max_pixels=max_pixels
+            load_image_as_jpeg if reencode else load_image,
+            image_size=image_size,
+            max_pixels=max_pixels,
         )
         self.timeout = timeout
         self.isolate = isolate
         self.processes = processes
+        self.threads = threads
 
     def expand(self, images):
         if self.isolate:
-            fn = PooledDecode(self.decode, self.timeout, self.processes)
+            fn = PooledDecode(self.decode, self.timeout, self.processes, threads=self.threads)
         else:
             fn = InProcessDecode(self.decode)
         decoded = images | "Decode" >> beam.ParDo(fn).with_outputs(ERRORS, main="decoded")

@@ -135,9 +135,34 @@ class CaptionOptions(PipelineOptions):
             parser,
             "--gpu",
             dest="gpu",
-            help="GPU workers: one model per GPU shared by the SDK processes, auto precision, "
-            "larger batches; with DataflowRunner also the GPU worker settings of "
-            "pipelines.dataflow_gpu (each only where not given)",
+            help="GPU workers: one SDK process per worker holds the model and decodes JPEGs "
+            "on the GPU, auto precision, larger batches; with DataflowRunner also the GPU "
+            "worker settings of pipelines.dataflow_gpu (each only where not given)",
+        )
+        _add_yes_no(
+            parser,
+            "--right-fit",
+            "--right_fit",
+            dest="right_fit",
+            help="with --gpu on DataflowRunner: put the GPU resource hint on the inference "
+            "step only, so listing, reading, CPU decoding and writing run on CPU workers; "
+            "JPEG bytes (or a 299 px JPEG re-encoded on the CPU workers) cross between them",
+        )
+        parser.add_argument(
+            "--decode-device",
+            "--decode_device",
+            dest="decode_device",
+            choices=("auto", "cpu", "gpu"),
+            default="auto",
+            help="where JPEGs are decoded: gpu = batches on the GPU with nvImageCodec (any "
+            "other file, and any JPEG the GPU decoder refuses, goes to Pillow on the CPU); "
+            "auto (default) = gpu where nvImageCodec and a GPU are there, else cpu",
+        )
+        parser.add_argument(
+            "--decoders",
+            dest="decoders",
+            type=int,
+            help="CPU decoder processes per worker (default: one per core)",
         )
         parser.add_argument(
             "--beam-width",

@@ -58,6 +58,8 @@ def build_summary(
         "wall_seconds": round(seconds, 2),
         "commit_seconds": round(commit_ms / 1000, 3) if commit_ms is not None else None,
         "images_per_second": round(captioned / seconds, 2) if seconds > 0 else None,
+        "jpegs_routed_to_gpu": totals.get(names.ROUTED_TO_GPU, 0),
+        "jpegs_decoded_by_nvimgcodec": totals.get(names.DECODED_BY_NVIMGCODEC, 0),
     }
 
 

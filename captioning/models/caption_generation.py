@@ -119,7 +119,9 @@ class Generator:
             raise ValueError("generate needs at least one image")
         if self.on_jax and _padded_size(batch) != batch:
             padding = [(0, _padded_size(batch) - batch)] + [(0, 0)] * (len(inputs.shape) - 1)
-            inputs = np.pad(np.asarray(inputs), padding)
+            # Images decoded on the GPU are padded there, not copied to the host.
+            pad = np.pad if isinstance(inputs, np.ndarray) else ops.pad
+            inputs = pad(inputs, padding)
         outputs = inputs
         for stage in self.stages:
             outputs = stage.predict_on_batch(outputs)

@@ -8,6 +8,7 @@ import json
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.transforms import resources
 from google.cloud import dataflow_v1beta3 as dataflow
 from google.protobuf import json_format
 
@@ -106,7 +107,14 @@ def test_gpu_dry_run_writes_the_dataflow_job(scenes, tiny_bundle, tmp_path, offl
         "dataflow_service_options",
         "machine_type",
         "disk_size_gb",
+        "number_of_worker_harness_threads",
     }
+    # One SDK process per GPU worker holds the model: no large_model proxy between them.
+    assert "no_use_multiple_sdk_containers" in environment.experiments
+    assert worker_options["number_of_worker_harness_threads"] == dataflow_gpu.HARNESS_THREADS
+    assert spec["captioning"]["decode_device"] == "gpu"
+    assert "RouteImages" in steps
+    assert not _hinted_transforms(pipeline), "without --right-fit no step carries a hint"
 
 
 def test_a_nightly_job_over_buckets_is_described_without_touching_them(
@@ -160,7 +168,71 @@ def test_settings_given_on_the_command_line_win_over_the_gpu_defaults(
     assert pool["machineType"] == dataflow_gpu.MACHINE_FOR_GPU["nvidia-tesla-t4"]
     assert pool["diskSizeGb"] == 120
     assert pool["autoscalingSettings"]["maxNumWorkers"] == 5
-    assert set(spec["captioning"]["gpu_settings_filled_in"]) == {"experiments", "machine_type"}
+    assert set(spec["captioning"]["gpu_settings_filled_in"]) == {
+        "experiments",
+        "machine_type",
+        "number_of_worker_harness_threads",
+    }
+
+
+def _hinted_transforms(pipeline: beam_runner_api_pb2.Pipeline) -> dict[str, dict]:
+    """Leaf transforms whose environment or own hints ask for an accelerator."""
+    urn = resources.AcceleratorHint.urn
+    hinted = {}
+    for transform in pipeline.components.transforms.values():
+        hints = dict(transform.resource_hints) if hasattr(transform, "resource_hints") else {}
+        if transform.environment_id:
+            environment = pipeline.components.environments[transform.environment_id]
+            hints.update(environment.resource_hints)
+        if urn in hints and not transform.subtransforms:
+            hinted[transform.unique_name] = hints
+    return hinted
+
+
+def test_right_fit_puts_the_gpu_on_the_inference_step_only(scenes, tiny_bundle, tmp_path, offline):
+    spec = run(
+        [
+            *_inputs(scenes, tiny_bundle, tmp_path),
+            *("--gpu", "--right-fit", *DATAFLOW, "--sdk_container_image", IMAGE),
+            "--dry_run",
+        ]
+    )
+    assert offline == []
+    environment = spec["job"]["environment"]
+    # Right fitting and the worker_accelerator service option exclude each other.
+    assert not any("worker_accelerator" in o for o in environment.get("serviceOptions", []))
+    assert "machineType" not in environment["workerPools"][0]
+    assert spec["captioning"]["right_fit"] is True
+    pipeline = json_format.ParseDict(spec["pipeline"], beam_runner_api_pb2.Pipeline())
+    hinted = _hinted_transforms(pipeline)
+    assert hinted, "no step asks for the GPU"
+    for name, hints in hinted.items():
+        assert name.startswith("CaptionImages/RunInference/"), name
+        assert hints[resources.AcceleratorHint.urn] == dataflow_gpu.ACCELERATOR_HINT.encode()
+    # The step that runs the model is among them; reading, decoding and writing are not.
+    assert any("BeamML_RunInference" in name or "RunInference/" in name for name in hinted)
+
+
+def test_right_fit_refuses_worker_accelerator(tmp_path, offline):
+    argv = ["--input", "x", "--output", "y", "--model", "z", "--gpu", "--right-fit"]
+    argv += [*DATAFLOW, "--sdk_container_image", IMAGE, "--dry_run"]
+    argv += ["--dataflow_service_options", dataflow_gpu.ACCELERATOR]
+    with pytest.raises(UserError, match="drop the worker_accelerator"):
+        run(argv)
+
+
+def test_a_dry_run_with_a_bundle_in_a_bucket_stays_offline(tmp_path, offline):
+    spec = run(
+        [
+            *("--input", "gs://my-bucket/photos/*.jpg", "--output", "gs://my-bucket/out"),
+            *("--model", "gs://my-bucket/models/bundle", "--gpu", *DATAFLOW),
+            *("--sdk_container_image", IMAGE, "--expect-model-id", "abc123", "--dry_run"),
+        ]
+    )
+    assert offline == []
+    assert spec["captioning"]["model_id"] == "abc123"
+    worker_options = spec["job"]["environment"]["sdkPipelineOptions"]["options"]
+    assert worker_options["model"] == "gs://my-bucket/models/bundle"
 
 
 def test_without_gpu_the_job_has_no_accelerator(scenes, tiny_bundle, tmp_path, offline):
@@ -203,13 +275,15 @@ def test_gpu_defaults_fill_only_what_is_unset():
     )
     filled = dataflow_gpu.apply_gpu_worker_defaults(options)
     assert filled == {
-        "experiments": ["use_runner_v2"],
+        "experiments": ["use_runner_v2", "no_use_multiple_sdk_containers"],
         "dataflow_service_options": [dataflow_gpu.ACCELERATOR],
         "disk_size_gb": dataflow_gpu.DISK_SIZE_GB,
+        "number_of_worker_harness_threads": dataflow_gpu.HARNESS_THREADS,
     }
     everything = options.get_all_options()
     assert everything["machine_type"] == "g2-standard-16"
-    assert set(everything["experiments"]) == {"x", "use_runner_v2"}
+    experiments = {"x", "use_runner_v2", "no_use_multiple_sdk_containers"}
+    assert set(everything["experiments"]) == experiments
     assert dataflow_gpu.accelerator_settings(everything["dataflow_service_options"]) == {
         "type": "nvidia-l4",
         "count": "1",
