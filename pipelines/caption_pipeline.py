@@ -372,7 +372,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     gpu_defaults = {}
     if on_dataflow and caption_options.gpu:
         gpu_defaults = apply_gpu_worker_defaults(options, right_fit=caption_options.right_fit)
-    elif caption_options.gpu and not dry_run:
+    elif caption_options.gpu:
         _warn_without_gpu()
     if on_dataflow and dry_run:
         check_offline_locations(options)

@@ -23,6 +23,8 @@ EXAMPLE_VALUES = {
     "max_error_rate": "0.02",
     "retention_hours": "72",
     "gpu": "false",
+    "right_fit": "false",
+    "decode_device": "cpu",
     "sdk_container_image": "us-docker.pkg.dev/p/r/captioning-worker:1",
     "beam_width": "3",
     "min_batch_size": "4",
@@ -71,7 +73,8 @@ def test_launcher_style_arguments_parse_into_the_job_options(template_parameters
     assert options.input == ["gs://my-bucket/photos/**"]
     assert options.input_manifest == "gs://my-bucket/manifest.csv"
     assert options.skip_existing is True
-    assert options.gpu is False
+    assert options.gpu is False and options.right_fit is False
+    assert options.decode_device == "cpu"
     assert options.beam_width == 3 and options.max_batch_size == 96
     assert options.precision == "mixed_float16"
     assert options.decode_timeout == 12.5

@@ -4,6 +4,7 @@ made with no credentials and no network."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -233,6 +234,13 @@ def test_a_dry_run_with_a_bundle_in_a_bucket_stays_offline(tmp_path, offline):
     assert spec["captioning"]["model_id"] == "abc123"
     worker_options = spec["job"]["environment"]["sdkPipelineOptions"]["options"]
     assert worker_options["model"] == "gs://my-bucket/models/bundle"
+
+
+def test_gpu_on_a_machine_without_one_warns(scenes, tiny_bundle, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="captioning.pipeline"):
+        spec = run([*_inputs(scenes, tiny_bundle, tmp_path), "--gpu", "--dry_run"])
+    assert "--gpu, but no GPU is visible on this machine" in caplog.text
+    assert spec["captioning"]["decode_device"] == "cpu"  # auto: no nvImageCodec GPU here
 
 
 def test_without_gpu_the_job_has_no_accelerator(scenes, tiny_bundle, tmp_path, offline):
