@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${CAPTIONING_VENV:-$ROOT/.venv}"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import captioning, pytest" 2>/dev/null; then
-  echo "setting up $VENV (tensorflow-cpu, apache-beam, keras, ...; about 1-2 minutes)" >&2
+  echo "setting up $VENV (tensorflow, apache-beam, keras, ...; about 1-2 minutes)" >&2
   python3 -m venv "$VENV"
   log="$(mktemp)"
   if ! { "$VENV/bin/pip" install --upgrade pip && "$VENV/bin/pip" install -e "$ROOT[dev]"; } >"$log" 2>&1; then

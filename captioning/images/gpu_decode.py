@@ -104,7 +104,7 @@ def _nvimgcodec_installed() -> bool:
 
 def _unavailable_reason() -> str | None:
     if not _nvimgcodec_installed():
-        return "nvImageCodec is not installed (pip install 'nvidia-nvimgcodec-cu13[nvjpeg]')"
+        return "nvImageCodec is not installed (pip install 'nvidia-nvimgcodec-cu12[nvjpeg]')"
     if _visible_cuda_devices() == 0:
         return "no CUDA GPU is visible"
     return None
@@ -272,7 +272,7 @@ class GpuJpegDecoder:
             from nvidia import nvimgcodec
         except ImportError as error:
             raise GpuDecodeUnavailable(
-                "nvImageCodec is not installed (pip install 'nvidia-nvimgcodec-cu13[nvjpeg]')"
+                "nvImageCodec is not installed (pip install 'nvidia-nvimgcodec-cu12[nvjpeg]')"
             ) from error
         cpu_only = set(backends) == {"cpu"}
         if not cpu_only and _visible_cuda_devices() == 0:
@@ -316,7 +316,7 @@ class GpuJpegDecoder:
             why = (
                 f"the GPU resize failed: {self._last_error}"
                 if self.stats["resize_error"]
-                else "is nvJPEG installed? (pip install 'nvidia-nvimgcodec-cu13[nvjpeg]')"
+                else "is nvJPEG installed? (pip install 'nvidia-nvimgcodec-cu12[nvjpeg]')"
             )
             raise GpuDecodeUnavailable(f"nvImageCodec decoded no JPEG: {why}")
         self.stats.clear()

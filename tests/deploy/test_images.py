@@ -1,5 +1,6 @@
 """The images: Beam SDK base of the installed Beam, the dependencies of pyproject.toml
-(with TensorFlow's CUDA build), and build inputs that exist."""
+(with its gpu extra: TensorFlow's CUDA build, nvImageCodec), and build inputs that exist.
+test_image_installs.py runs the images' pip steps for real."""
 
 from __future__ import annotations
 
@@ -32,9 +33,15 @@ def _image_requirements() -> dict[str, Requirement]:
     return _requirements([line for line in lines if line and not line.startswith("#")])
 
 
-def _pyproject_requirements() -> dict[str, Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return _requirements(project["dependencies"])
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _pyproject_requirements(extra: str | None = None) -> dict[str, Requirement]:
+    project = _pyproject()
+    if extra is None:
+        return _requirements(project["dependencies"])
+    return _requirements(project["optional-dependencies"][extra])
 
 
 def _from_images(dockerfile: str) -> list[str]:
@@ -56,32 +63,50 @@ def test_the_sdk_image_is_the_installed_beam_version():
     assert training == [f"python:{python}-slim"]
 
 
-def test_the_images_install_pyprojects_dependencies_with_cuda_tensorflow():
-    image = _image_requirements()
+def test_pyproject_asks_for_tensorflow_everywhere_and_its_cuda_build_with_gpu():
     project = _pyproject_requirements()
-    cpu = project.pop("tensorflow-cpu")
-    cuda = image.pop("tensorflow")
+    gpu = _pyproject_requirements("gpu")
+    # The full wheel on every platform, no marker: tensorflow-cpu would exist only on
+    # x86_64 and, in the images, replace the CUDA build.
+    assert "tensorflow-cpu" not in project
+    tensorflow = project["tensorflow"]
+    assert tensorflow.marker is None and not tensorflow.extras
+    cuda = gpu["tensorflow"]
     assert cuda.extras == {"and-cuda"}
-    assert str(cuda.specifier) == str(cpu.specifier), "TensorFlow versions differ"
-    assert set(image) == set(project), "deploy/requirements-gpu.txt and pyproject.toml differ"
-    for name, requirement in project.items():
+    assert cuda.specifier == tensorflow.specifier, "TensorFlow versions differ"
+    # The GPU JPEG decoder, with the nvJPEG library its JPEG backend loads.
+    assert "nvjpeg" in gpu["nvidia-nvimgcodec-cu12"].extras
+
+
+def test_requirements_gpu_txt_is_pyprojects_dependencies_with_the_gpu_extra():
+    image = _image_requirements()
+    expected = {**_pyproject_requirements(), **_pyproject_requirements("gpu")}
+    assert set(image) == set(expected), "deploy/requirements-gpu.txt and pyproject.toml differ"
+    for name, requirement in expected.items():
         assert image[name].specifier == requirement.specifier, name
         assert image[name].extras == requirement.extras, name
+        assert image[name].marker == requirement.marker, name
     beam = image["apache-beam"]
     assert beam.specifier.contains(apache_beam.__version__)
 
 
-def test_each_image_installs_the_requirements_and_the_package_without_deps():
+def test_each_image_installs_the_requirements_then_the_package_with_the_gpu_extra():
     for name, path in DOCKERFILES.items():
         dockerfile = path.read_text()
-        assert "pip install --no-cache-dir -r requirements-gpu.txt" in dockerfile, name
-        # tensorflow-cpu from pyproject would overwrite the CUDA build.
-        assert "pip install --no-cache-dir --no-deps ." in dockerfile, name
+        runs = re.findall(r"^RUN (.+)$", dockerfile, re.M)
+        # The dependency layer first (cached while only the code changes), then the package
+        # with its dependencies, which that layer already satisfies.
+        assert "-r requirements-gpu.txt" in runs[0], name
+        assert '".[gpu]"' in runs[-1] and "pip check" in runs[-1], name
+        assert "--no-deps" not in dockerfile, name
+        ignore = path.with_name("Dockerfile.dockerignore").read_text()
+        assert "\n*\n" in ignore, f"{name}: the build context should be an allowlist"
+        allowed = re.findall(r"^!(\S+?)/?$", ignore, re.M)
         for copy in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.M):
             for source in copy.split()[:-1]:
                 assert (ROOT / source).exists(), f"{name}: COPY {source} does not exist"
-        ignore = path.with_name("Dockerfile.dockerignore").read_text()
-        assert "\n*\n" in ignore, f"{name}: the build context should be an allowlist"
+                top = source.split("/")[0]
+                assert top in allowed, f"{name}: COPY {source} is not in {ignore}"
 
 
 def test_cloud_build_config_builds_either_dockerfile():
