@@ -42,7 +42,9 @@ Nothing here imports TensorFlow: the model stages go through Keras' predict path
 numpy, so the script runs on the TensorFlow and on the JAX backend alike. Without
 ``--bundle`` a production-shaped bundle is built first
 (``caption_throughput.build_production_bundle``: trains on TensorFlow, ~5 minutes on 2
-cores), so pass ``--bundle`` on a machine without TensorFlow.
+cores); ``--untrained-bundle`` builds the same shapes with an untrained decoder and no
+TensorFlow (its captions run to the full length: the worst case for search), which is
+how the GPU machine gets one.
 """
 
 from __future__ import annotations
@@ -834,6 +836,36 @@ def _job_settings(flags: list[str], bundle_beam_width: int) -> tuple[int, int, b
     return batch, known.beam_width or bundle_beam_width, bool(known.gpu)
 
 
+def untrained_production_bundle(workdir: Path) -> str:
+    """The production preset's shapes (299 px InceptionV3, 5,000 words, beam 3), built
+    and saved through Keras alone: random weights, so it runs on a machine without
+    TensorFlow."""
+    import dataclasses
+
+    from captioning.bundle import save_bundle
+    from captioning.models.captioner import Captioner
+    from captioning.presets import production
+    from captioning.text.vocabulary import Vocabulary
+
+    config = production().captioner
+    config = dataclasses.replace(
+        config, encoder=dataclasses.replace(config.encoder, backbone_weights=None)
+    )
+    words = [f"w{index}" for index in range(5000)]
+    vocabulary = Vocabulary.build([" ".join(words)], max_words=5000, max_caption_words=24)
+    model = Captioner.from_captioner_config(
+        config,
+        vocabulary_size=vocabulary.size,
+        max_length=vocabulary.max_length,
+        start_id=vocabulary.start_id,
+        end_id=vocabulary.end_id,
+        load_backbone_weights=False,
+    )
+    out = workdir / "untrained_bundle"
+    save_bundle(model, vocabulary, config, str(out))
+    return str(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -841,6 +873,12 @@ def main() -> None:
         formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("--bundle", help="a production-shaped bundle (built when omitted: slow)")
+    parser.add_argument(
+        "--untrained-bundle",
+        action="store_true",
+        help="without --bundle: build the production shapes untrained, on any Keras backend\n"
+        "(seconds, no TensorFlow; captions run to full length, search's worst case)",
+    )
     parser.add_argument(
         "--images", type=int, default=300, help="N: stages use N photos, end to end N and 3N"
     )
@@ -905,6 +943,8 @@ def main() -> None:
 
     if args.bundle:
         bundle = args.bundle
+    elif args.untrained_bundle:
+        bundle = untrained_production_bundle(workdir)
     else:
         _log("building a production-shaped bundle (slow)")
         build_started = time.perf_counter()
