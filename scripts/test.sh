@@ -7,4 +7,6 @@ source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 ruff check captioning pipelines tests benchmarks deploy scripts
 ruff format --check captioning pipelines tests benchmarks deploy scripts
-python -m pytest -p no:cacheprovider --durations=15 "$@"
+# One worker per core, each taking whole files (module fixtures stay in one process): most
+# tests wait on real subprocesses, so this halves the run on 2 cores.
+python -m pytest -p no:cacheprovider --durations=15 -n auto --dist loadfile "$@"

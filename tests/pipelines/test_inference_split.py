@@ -18,7 +18,8 @@ from pipelines.metrics import IMAGES_CAPTIONED, NAMESPACE
 def test_one_poisoned_image_costs_one_error_row_not_its_batch(tiny_bundle, caplog):
     good = np.zeros((75, 75, 3), np.uint8)
     # A genuinely bad input, not a mock: four channels where the model takes three.
-    # It breaks np.stack for any batch it is in, and the model's input signature alone.
+    # It breaks np.stack for any batch it is in, and the first convolution when alone
+    # (TensorFlow names that an InvalidArgumentError).
     poisoned = np.zeros((75, 75, 4), np.uint8)
     elements = [(f"ok{i}", {"pixels": good, "width": 10, "height": 10}) for i in range(7)]
     elements.insert(5, ("poisoned", {"pixels": poisoned, "width": 10, "height": 10}))
@@ -33,7 +34,7 @@ def test_one_poisoned_image_costs_one_error_row_not_its_batch(tiny_bundle, caplo
     assert_that(
         out["errors"]
         | "Kinds" >> beam.Map(lambda r: (r["image_uri"], r["stage"], r["error_type"])),
-        equal_to([("poisoned", "inference", "TypeError")]),
+        equal_to([("poisoned", "inference", "InvalidArgumentError")]),
         label="Errors",
     )
     with caplog.at_level(logging.WARNING, logger="captioning.pipeline"):
@@ -44,7 +45,7 @@ def test_one_poisoned_image_costs_one_error_row_not_its_batch(tiny_bundle, caplo
         query = MetricsFilter().with_namespace(NAMESPACE).with_name(name)
         return sum(c.committed for c in result.metrics().query(query)["counters"])
 
-    assert counter("errors.inference.TypeError") == 1
+    assert counter("errors.inference.InvalidArgumentError") == 1
     assert counter(IMAGES_CAPTIONED) == 7
     # All eight went to the model together, and were narrowed down 8 -> 4 -> 2 -> 1.
     splits = [r.getMessage() for r in caplog.records if "retrying it as" in r.getMessage()]
