@@ -853,14 +853,7 @@ def untrained_production_bundle(workdir: Path) -> str:
     )
     words = [f"w{index}" for index in range(5000)]
     vocabulary = Vocabulary.build([" ".join(words)], max_words=5000, max_caption_words=24)
-    model = Captioner.from_captioner_config(
-        config,
-        vocabulary_size=vocabulary.size,
-        max_length=vocabulary.max_length,
-        start_id=vocabulary.start_id,
-        end_id=vocabulary.end_id,
-        load_backbone_weights=False,
-    )
+    model = Captioner.for_vocabulary(config, vocabulary, load_backbone_weights=False)
     out = workdir / "untrained_bundle"
     save_bundle(model, vocabulary, config, str(out))
     return str(out)

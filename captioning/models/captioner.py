@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 from captioning.config import CaptionerConfig
@@ -88,6 +90,20 @@ class Captioner(keras.Model):
         )
         model.build_all()
         return model
+
+    @classmethod
+    def for_vocabulary(
+        cls, config: CaptionerConfig, vocabulary: Any, load_backbone_weights: bool = True
+    ) -> Captioner:
+        """A new captioner sized for ``vocabulary`` (a ``captioning.text.Vocabulary``)."""
+        return cls.from_captioner_config(
+            config,
+            vocabulary_size=vocabulary.size,
+            max_length=vocabulary.max_length,
+            start_id=vocabulary.start_id,
+            end_id=vocabulary.end_id,
+            load_backbone_weights=load_backbone_weights,
+        )
 
     def build_all(self) -> None:
         """Create every variable now, so weights can be saved, loaded and counted."""

@@ -59,14 +59,7 @@ class TrainResult:
 def build_captioner(
     config: CaptionerConfig, vocabulary: Vocabulary, load_backbone_weights: bool = True
 ) -> Captioner:
-    return Captioner.from_captioner_config(
-        config,
-        vocabulary_size=vocabulary.size,
-        max_length=vocabulary.max_length,
-        start_id=vocabulary.start_id,
-        end_id=vocabulary.end_id,
-        load_backbone_weights=load_backbone_weights,
-    )
+    return Captioner.for_vocabulary(config, vocabulary, load_backbone_weights)
 
 
 def compile_captioner(model: Captioner, config: TrainConfig, steps_per_epoch: int = 0) -> None:
