@@ -28,6 +28,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
+    DebugOptions,
     GoogleCloudOptions,
     PipelineOptions,
     StandardOptions,
@@ -41,7 +42,7 @@ from pipelines.bundle_staging import check_model_id, read_model_id
 from pipelines.caption_images import CaptionImages
 from pipelines.caption_model_handler import CaptionModelHandler
 from pipelines.commit_tables import CommitPlan, CommitTables
-from pipelines.dataflow_gpu import ACCELERATOR_HINT, HARNESS_THREADS, apply_gpu_worker_defaults
+from pipelines.dataflow_gpu import ACCELERATOR_HINT, apply_gpu_worker_defaults
 from pipelines.dataflow_job import (
     check_offline_locations,
     describe_dataflow_job,
@@ -77,6 +78,9 @@ class CaptionJob:
     # --right-fit: the inference step's accelerator resource hint.
     accelerator_hint: str | None = None
     on_dataflow: bool = False
+    # Copies of the decode step one SDK process runs at once (its harness threads, on GPU
+    # workers); they share the worker's cores.
+    decode_threads: int = 1
     # --skip-existing: the data files of the captions snapshot the run starts from.
     existing_captions: list[str] | None = None
     offline: bool = False  # a dry run: remote outputs are not looked at
@@ -250,7 +254,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
         options.decode_isolation,
         processes=options.decoders,
         # GPU workers run one SDK process with a decode step per harness thread.
-        threads=HARNESS_THREADS if job.on_dataflow and options.gpu and not options.right_fit else 1,
+        threads=job.decode_threads,
         # Only compact JPEG bytes cross from the CPU workers to the GPU workers.
         reencode=job.accelerator_hint is not None,
     )
@@ -377,6 +381,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     if on_dataflow and dry_run:
         check_offline_locations(options)
     job = resolve_job(caption_options, offline=dry_run, on_dataflow=on_dataflow)
+    if on_dataflow and caption_options.gpu and not caption_options.right_fit:
+        # As filled in by apply_gpu_worker_defaults, or as given.
+        threads = options.view_as(DebugOptions).number_of_worker_harness_threads
+        job.decode_threads = threads or 1
     if dry_run:
         return _dry_run(job, options, gpu_defaults)
     log.info("caption run %s: model %s, precision %s", job.run_id, job.model_id, job.precision)

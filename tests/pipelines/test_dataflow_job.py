@@ -177,15 +177,15 @@ def test_settings_given_on_the_command_line_win_over_the_gpu_defaults(
 
 
 def _hinted_transforms(pipeline: beam_runner_api_pb2.Pipeline) -> dict[str, dict]:
-    """Leaf transforms whose environment or own hints ask for an accelerator."""
-    urn = resources.AcceleratorHint.urn
+    """Leaf transforms whose environment asks for an accelerator (Beam keeps a step's
+    resource hints on the environment it runs in)."""
+    environments = pipeline.components.environments
     hinted = {}
     for transform in pipeline.components.transforms.values():
-        hints = dict(transform.resource_hints) if hasattr(transform, "resource_hints") else {}
-        if transform.environment_id:
-            environment = pipeline.components.environments[transform.environment_id]
-            hints.update(environment.resource_hints)
-        if urn in hints and not transform.subtransforms:
+        if transform.subtransforms or not transform.environment_id:
+            continue
+        hints = dict(environments[transform.environment_id].resource_hints)
+        if resources.AcceleratorHint.urn in hints:
             hinted[transform.unique_name] = hints
     return hinted
 
