@@ -1,0 +1,1 @@
+"""Where input images come from: HTTP(S) URLs and WebDataset tar shards."""
