@@ -121,7 +121,13 @@ def tiff() -> bytes:
     return _save(scene_like(), "TIFF")
 
 
+def ico() -> bytes:
+    """A format Pillow opens but nobody archives photos in: refused."""
+    return _save(scene_like(), "ICO")
+
+
 VALID = {
+    "tiff": tiff,
     "jpeg": jpeg,
     "png": png,
     "bmp": bmp,
@@ -141,5 +147,5 @@ BROKEN = {
     "html_as_jpg": (html_as_jpg, "UnidentifiedImage"),
     "png_bad_crc": (png_bad_crc, "CorruptImage"),
     "png_huge_header": (png_huge_header, "ImageTooLarge"),
-    "tiff": (tiff, "UnsupportedFormat"),
+    "ico": (ico, "UnsupportedFormat"),
 }
