@@ -18,8 +18,10 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import re
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from apache_beam.options.pipeline_options import (
 from captioning import run_layout, tables
 from captioning.config import CaptionerConfig, captioner_config_from_dict
 from captioning.errors import CommitConflictError, ErrorRateAlert, UserError
+from captioning.sources.uris import UnsupportedUriError, is_local, normalize
 from pipelines.bundle_staging import check_model_id, read_model_id
 from pipelines.caption_images import CaptionImages
 from pipelines.caption_model_handler import CaptionModelHandler
@@ -51,8 +54,9 @@ from pipelines.dataflow_job import (
 )
 from pipelines.decode_images import DecodeImages
 from pipelines.legacy_output import import_legacy_captions, legacy_caption_files
+from pipelines.list_inputs import SHARDS, ListInputs, inputs_list_anything, normalize_patterns
 from pipelines.options import CaptionOptions, normalize_dry_run
-from pipelines.read_images import ListInputs, ReadImages, inputs_list_anything, is_local
+from pipelines.read_images import ReadImages, ReadSettings, ReadShards
 from pipelines.route_images import JPEG, OTHER, RouteImages
 from pipelines.run_summary import build_summary, counters, write_summary
 from pipelines.skip_existing import SkipExisting
@@ -109,6 +113,32 @@ def _check_options(options: CaptionOptions) -> None:
         raise UserError("--retention-hours must be 0 or more")
     if options.decoders is not None and options.decoders < 1:
         raise UserError("--decoders must be at least 1")
+    for flag, value in (
+        ("--max-image-bytes", options.max_image_bytes),
+        ("--read-timeout", options.read_timeout),
+        ("--http-concurrency", options.http_concurrency),
+    ):
+        if value <= 0:
+            raise UserError(f"{flag} must be more than 0")
+    try:
+        normalize_patterns(options.input)
+        if options.input_manifest:
+            options.input_manifest = normalize(options.input_manifest)
+    except UnsupportedUriError as error:
+        raise UserError(f"--input {error}") from None
+
+
+def _check_writable(output: str) -> None:
+    """A local --output the run cannot write to is one line now, not a traceback after
+    the pipeline was built."""
+    if not is_local(output):
+        return
+    try:
+        os.makedirs(output, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as error:
+        raise UserError(f"--output {output} is not writable ({error.strerror})") from None
 
 
 def _model_id(options: CaptionOptions, offline: bool) -> str:
@@ -167,6 +197,8 @@ def resolve_job(
         raise UserError(f"--input-manifest {options.input_manifest} does not exist")
     output = run_layout.output_folder(options.output, "the tables")
     options.output = output
+    if not offline:
+        _check_writable(output)
     if offline and not is_local(options.model):
         # A dry run stays offline: the job is described with the default image settings.
         config = CaptionerConfig()
@@ -232,17 +264,45 @@ def _decode_device(options: CaptionOptions, on_dataflow: bool) -> str:
     return resolve_decode_device(choice)
 
 
+def _read_settings(options: CaptionOptions) -> ReadSettings:
+    return ReadSettings(
+        max_bytes=options.max_image_bytes,
+        timeout_s=options.read_timeout,
+        http_concurrency=options.http_concurrency,
+        user_agent=options.http_user_agent or ReadSettings.user_agent,
+        honour_robots_tag=not options.ignore_robots_tag,
+    )
+
+
 def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
     options = job.options
     listed = pipeline | "ListInputs" >> ListInputs(
-        options.input, options.input_manifest, validate=not job.offline
+        options.input,
+        options.input_manifest,
+        validate=not job.offline,
+        uri_column=options.uri_column,
     )
-    uris = uris_listed = listed["uris"]
+    settings = _read_settings(options)
+    uris = listed["uris"]
     if job.existing_captions is not None:
         uris = uris | "SkipExisting" >> SkipExisting(job.existing_captions)
     # Spread the listed URIs over the workers before the expensive stages.
     uris = uris | "Spread" >> beam.Reshuffle()
-    read = uris | "ReadImages" >> ReadImages()
+    read_files = uris | "ReadImages" >> ReadImages(settings)
+    shards = listed[SHARDS] | "SpreadShards" >> beam.Reshuffle()
+    read_shards = shards | "ReadShards" >> ReadShards(settings)
+    members = read_shards["images"]
+    if job.existing_captions is not None:
+        # A shard is read whole; its members already captioned go no further.
+        members = members | "SkipExistingMembers" >> SkipExisting(job.existing_captions)
+    read = {
+        "images": (read_files["images"], members) | "AllImages" >> beam.Flatten(),
+        "errors": (read_files["errors"], read_shards["errors"]) | "ReadErrors" >> beam.Flatten(),
+    }
+    listed_count = (
+        listed["uris"],
+        read_shards["images"] | "MemberUris" >> beam.Keys(),
+    ) | "AllListed" >> beam.Flatten()
     to_pillow = read["images"]
     if job.decode_device == "gpu":
         routed = read["images"] | "RouteImages" >> RouteImages(job.max_pixels)
@@ -294,7 +354,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: CaptionJob) -> None:
         >> beam.ParDo(
             CommitTables(job.commit),
             listed=beam.pvalue.AsSingleton(
-                uris_listed | "CountListed" >> beam.combiners.Count.Globally()
+                listed_count | "CountListed" >> beam.combiners.Count.Globally()
             ),
         )
     )

@@ -32,8 +32,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from captioning import run_layout, tables
+from captioning.sources.uris import is_local
 from pipelines.metrics import COMMIT_MILLISECONDS, NAMESPACE
-from pipelines.read_images import is_local
 
 log = logging.getLogger("captioning.pipeline")
 

@@ -55,13 +55,15 @@ from captioning.data.formats import read_captions
 from captioning.errors import UserError
 from captioning.precision import dtype_policy, resolve_precision
 from captioning.presets import get_preset
+from captioning.sources.uris import is_local
 from captioning.training.example_cache import weights_identity
 from captioning.training.feature_spec import FeatureSpec, build_feature_encoder, file_sha256
 from pipelines.commit_tables import describe_files, hold_for_test
 from pipelines.decode_images import DecodeImages
 from pipelines.feature_images import EncodeImages
 from pipelines.feature_model_handler import FeatureModelHandler
-from pipelines.read_images import ListInputs, ReadImages, is_local
+from pipelines.list_inputs import ListInputs
+from pipelines.read_images import ReadImages
 from pipelines.write_features import WriteFeatures, image_uri
 from pipelines.write_outputs import WriteErrors
 

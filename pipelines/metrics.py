@@ -12,3 +12,5 @@ COMMIT_MILLISECONDS = "commit_milliseconds"
 # there by nvImageCodec (the rest of them Pillow decoded next to the model).
 ROUTED_TO_GPU = "jpegs_routed_to_gpu"
 DECODED_BY_NVIMGCODEC = "jpegs_decoded_by_nvimgcodec"
+# Blank lines (and text manifests' comments) name no input: skipped, but counted.
+MANIFEST_BLANK_LINES = "manifest_blank_lines"

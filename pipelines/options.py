@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from captioning import precision
 from captioning.errors import EXIT_ERROR_RATE, UserError
 from captioning.tables import DEFAULT_RETENTION_HOURS
 
@@ -74,13 +75,63 @@ class CaptionOptions(PipelineOptions):
             "--input",
             action="append",
             default=[],
-            help="glob of images, local or gs:// ('**' recurses); repeatable",
+            help="glob of images, local, file:// or gs:// ('**' recurses), an http(s):// "
+            "URL, or WebDataset shards ('shards-{000..099}.tar'); repeatable",
         )
         parser.add_argument(
             "--input-manifest",
             "--input_manifest",
             dest="input_manifest",
-            help="file of image URIs: text (one per line), or CSV/Parquet with an image_uri column",
+            help="file of image URIs: text (one per line), CSV, TSV, JSON Lines or Parquet "
+            "with a --uri-column; text kinds may be gzipped (.gz)",
+        )
+        parser.add_argument(
+            "--uri-column",
+            "--uri_column",
+            dest="uri_column",
+            default="image_uri",
+            help="the manifest's column (JSON key) that holds the URIs (default image_uri)",
+        )
+        parser.add_argument(
+            "--max-image-bytes",
+            "--max_image_bytes",
+            dest="max_image_bytes",
+            type=int,
+            default=128 * 1024 * 1024,
+            help="an input larger than this is an error row, not read (default 128 MiB)",
+        )
+        parser.add_argument(
+            "--read-timeout",
+            "--read_timeout",
+            dest="read_timeout",
+            type=float,
+            default=60.0,
+            help="seconds one read or URL fetch may take before it is an error (default 60)",
+        )
+        parser.add_argument(
+            "--http-concurrency",
+            "--http_concurrency",
+            dest="http_concurrency",
+            type=int,
+            default=64,
+            help="URL fetches in flight per worker thread (default 64)",
+        )
+        parser.add_argument(
+            "--user-agent",
+            # Beam has a --user_agent of its own; the flex template passes this one as
+            # --http_user_agent.
+            "--http-user-agent",
+            "--http_user_agent",
+            dest="http_user_agent",
+            help="the User-Agent header of URL fetches (default: captioning's own)",
+        )
+        _add_yes_no(
+            parser,
+            "--ignore-robots-tag",
+            "--ignore_robots_tag",
+            dest="ignore_robots_tag",
+            help="fetch images whose server sends X-Robots-Tag: noai or noimageai (by "
+            "default they are error rows, as img2dataset does)",
         )
         parser.add_argument(
             "--output",
@@ -183,7 +234,7 @@ class CaptionOptions(PipelineOptions):
         )
         parser.add_argument(
             "--precision",
-            choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+            choices=precision.CHOICES,
             help="dtype policy for inference (default: the bundle's, normally auto: bf16 where "
             "the CPU or GPU has it)",
         )

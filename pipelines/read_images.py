@@ -1,184 +1,163 @@
-"""ReadImages: input globs and manifests -> (uri, bytes), and read errors.
+"""ReadImages: input URIs -> (uri, bytes), and one read error row per input that fails.
 
-Everything goes through Beam's ``FileSystems``, so local paths and gs:// take the
-same code path. A pattern that matches nothing and a file that cannot be read
-each become one error row (stage ``read``).
+Local paths and ``gs://`` objects are read one at a time through
+``captioning.sources.read_limits`` (a size limit and a deadline; a FIFO, a device or
+a folder is refused before it is opened). ``http(s)://`` URLs are fetched in batches,
+many in flight at once, by ``captioning.sources.http_fetch``. ``ReadShards`` turns
+each WebDataset tar shard into its image members, keyed ``SHARD.tar/KEY.EXT``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.error_rows import DeadLettersToErrorRows, error_row
+from captioning.sources import uris as uri_kinds
+from captioning.sources.http_fetch import HttpFetcher, HttpSettings
+from captioning.sources.read_limits import read_limited, read_local_file
+from captioning.sources.tar_shards import ShardError, read_shard
+from pipelines.error_rows import DeadLettersToErrorRows, counted_error_row
 from pipelines.metrics import IMAGES_READ, INPUTS, NAMESPACE
 
-URI_COLUMN = "image_uri"
+ERRORS = "errors"
 
 
-class ExpandPatterns(beam.DoFn):
-    """A glob -> every matching file URI; a glob that matches nothing -> an error row."""
+@dataclass(frozen=True)
+class ReadSettings:
+    """How far one read may go (``--max-image-bytes``, ``--read-timeout``), and how
+    URLs are fetched (``--http-concurrency``, ``--user-agent``, ``--ignore-robots-tag``)."""
 
-    def process(self, pattern: str):
-        try:
-            matched = FileSystems.match([pattern])[0].metadata_list
-        except Exception as error:  # noqa: BLE001 - an unreadable pattern is an error row
-            matched, reason = [], f"{type(error).__name__}: {error}"
-        else:
-            reason = "pattern matched no files"
-        files = [m.path for m in matched if not m.path.endswith("/")]
-        if not files:
-            Metrics.counter(NAMESPACE, "errors.read.NoMatch").inc()
-            yield beam.pvalue.TaggedOutput("errors", error_row(pattern, "read", "NoMatch", reason))
-        yield from files
+    max_bytes: int = 128 * 1024 * 1024
+    timeout_s: float = 60.0
+    http_concurrency: int = 64
+    user_agent: str = HttpSettings.user_agent
+    honour_robots_tag: bool = True
 
-
-def is_local(path: str) -> bool:
-    """A path on this machine's disk (no scheme, or file://), not in a bucket."""
-    return FileSystems.get_scheme(path) in (None, "file")
-
-
-def _manifest_kind(path: str) -> str:
-    lower = path.lower()
-    if lower.endswith(".parquet"):
-        return "parquet"
-    if lower.endswith(".csv"):
-        return "csv"
-    return "text"
-
-
-def _csv_column(path: str) -> int:
-    """The position of image_uri in a CSV manifest's header (read once, at construction)."""
-    with FileSystems.open(path) as handle:
-        header = next(csv.reader(io.TextIOWrapper(handle, encoding="utf-8")), [])
-    if URI_COLUMN not in header:
-        raise ValueError(f"CSV manifest {path} has no {URI_COLUMN!r} column")
-    return header.index(URI_COLUMN)
-
-
-def manifest_lists_anything(path: str) -> bool:
-    """Whether a manifest names at least one URI (reads only as far as the first one)."""
-    kind = _manifest_kind(path)
-    if kind == "parquet":
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            return pq.ParquetFile(handle).metadata.num_rows > 0
-    with FileSystems.open(path) as handle:
-        lines = io.TextIOWrapper(handle, encoding="utf-8", errors="replace")
-        if kind == "csv":
-            next(lines, None)  # the header
-        return any(line.strip() and not line.startswith("#") for line in lines)
-
-
-def inputs_list_anything(patterns: Sequence[str], manifest: str | None) -> bool:
-    """Whether any glob matches a file or the manifest names a URI: what a run checks
-    before it may replace earlier captions."""
-    for pattern in patterns:
-        try:
-            matched = FileSystems.match([pattern], limits=[2])[0].metadata_list
-        except Exception:  # noqa: BLE001 - an unreadable pattern lists nothing
-            continue
-        if any(not m.path.endswith("/") for m in matched):
-            return True
-    return bool(manifest) and manifest_lists_anything(manifest)
-
-
-class ReadManifest(beam.PTransform):
-    """A manifest file -> its URIs. Read with Beam's splittable sources, so a manifest
-    of a hundred million lines is read in parallel."""
-
-    def __init__(self, path: str, validate: bool = True) -> None:
-        super().__init__()
-        self.path = path
-        # Real runs look at the manifest when the pipeline is built, so a missing file or
-        # column fails before any worker starts; an offline dry run cannot look.
-        self.validate = validate
-
-    def expand(self, pipeline):
-        kind = _manifest_kind(self.path)
-        if kind == "parquet":
-            rows = pipeline | "ReadParquetManifest" >> beam.io.ReadFromParquet(
-                self.path, columns=[URI_COLUMN], validate=self.validate
-            )
-            return rows | "TakeUri" >> beam.Map(lambda row: row[URI_COLUMN])
-        if kind == "csv":
-            lines = pipeline | "ReadCsvManifest" >> beam.io.ReadFromText(
-                self.path, skip_header_lines=1, validate=self.validate
-            )
-            if self.validate:
-                column = _csv_column(self.path)
-            else:  # found on a worker instead
-                column = beam.pvalue.AsSingleton(
-                    pipeline
-                    | "ManifestPath" >> beam.Create([self.path])
-                    | "FindUriColumn" >> beam.Map(_csv_column)
-                )
-            return lines | "TakeUri" >> beam.Map(
-                lambda line, column: next(csv.reader([line]))[column], column
-            )
-        lines = pipeline | "ReadTextManifest" >> beam.io.ReadFromText(
-            self.path, validate=self.validate
+    def http(self) -> HttpSettings:
+        return HttpSettings(
+            concurrency=self.http_concurrency,
+            connect_timeout_s=min(10.0, self.timeout_s),
+            read_timeout_s=self.timeout_s,
+            max_bytes=self.max_bytes,
+            user_agent=self.user_agent,
+            honour_robots_tag=self.honour_robots_tag,
         )
-        return lines | "SkipComments" >> beam.Filter(lambda line: not line.startswith("#"))
 
 
-class ListInputs(beam.PTransform):
-    """Globs and manifest -> distinct URIs (tag ``uris``) and read errors (tag ``errors``)."""
-
-    def __init__(
-        self, patterns: Sequence[str], manifest: str | None, validate: bool = True
-    ) -> None:
-        super().__init__()
-        self.patterns = list(patterns)
-        self.manifest = manifest
-        self.validate = validate
-
-    def expand(self, pipeline):
-        sources = []
-        errors = []
-        if self.patterns:
-            expanded = (
-                pipeline
-                | "Patterns" >> beam.Create(self.patterns)
-                | "ExpandPatterns"
-                >> beam.ParDo(ExpandPatterns()).with_outputs("errors", main="uris")
-            )
-            sources.append(expanded.uris)
-            errors.append(expanded.errors)
-        if self.manifest:
-            sources.append(pipeline | "ReadManifest" >> ReadManifest(self.manifest, self.validate))
-        uris = (
-            sources
-            | "AllUris" >> beam.Flatten()
-            | "Strip" >> beam.Map(str.strip)
-            | "DropBlank" >> beam.Filter(bool)
-            # The same image listed twice is captioned once.
-            | "Distinct" >> beam.Distinct()
-        )
-        if not errors:
-            errors.append(pipeline | "NoPatternErrors" >> beam.Create([]))
-        return {"uris": uris, "errors": errors | "PatternErrors" >> beam.Flatten()}
+def _read_ok(uri: str, data: bytes) -> tuple[str, bytes]:
+    Metrics.counter(NAMESPACE, INPUTS).inc()
+    Metrics.counter(NAMESPACE, IMAGES_READ).inc()
+    return uri, data
 
 
-class ReadBytes(beam.DoFn):
+def _read_failed(uri: str, error_type: str, message: str) -> beam.pvalue.TaggedOutput:
+    Metrics.counter(NAMESPACE, INPUTS).inc()
+    return beam.pvalue.TaggedOutput(ERRORS, counted_error_row(uri, "read", error_type, message))
+
+
+class ReadStored(beam.DoFn):
+    """A local path or a ``gs://`` object -> (uri, bytes); failures raise, and
+    ``with_exception_handling`` makes them error rows."""
+
+    def __init__(self, settings: ReadSettings) -> None:
+        self.settings = settings
+
     def process(self, uri: str):
         Metrics.counter(NAMESPACE, INPUTS).inc()
-        with FileSystems.open(uri) as handle:
-            data = handle.read()
+        limit, timeout = self.settings.max_bytes, self.settings.timeout_s
+        if uri_kinds.is_local(uri):
+            data = read_local_file(uri, limit, timeout)
+        else:
+            with FileSystems.open(uri, compression_type="uncompressed") as handle:
+                data = read_limited(handle, uri, limit, timeout)
         Metrics.counter(NAMESPACE, IMAGES_READ).inc()
         yield uri, data
 
 
+class FetchUrls(beam.DoFn):
+    """A batch of URLs -> (url, bytes) for each one fetched, an error row for each not."""
+
+    def __init__(self, settings: HttpSettings) -> None:
+        self.settings = settings
+        self.fetcher: HttpFetcher | None = None
+
+    def setup(self) -> None:
+        self.fetcher = HttpFetcher(self.settings)
+
+    def process(self, urls: list[str]):
+        for url, result in self.fetcher.fetch_many(urls):
+            if isinstance(result, bytes):
+                yield _read_ok(url, result)
+            else:
+                yield _read_failed(url, result.error_type, str(result))
+
+    def teardown(self) -> None:
+        if self.fetcher is not None:
+            self.fetcher.close()
+
+
 class ReadImages(beam.PTransform):
-    """URIs -> (uri, bytes) on the workers; failures become read error rows."""
+    """URIs -> {"images": (uri, bytes), "errors": read error rows}."""
+
+    def __init__(self, settings: ReadSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings or ReadSettings()
 
     def expand(self, uris):
-        read = uris | "ReadBytes" >> beam.ParDo(ReadBytes()).with_exception_handling()
-        good, bad = read
-        errors = bad | "ReadErrorRows" >> beam.ParDo(DeadLettersToErrorRows("read"))
-        return {"images": good, "errors": errors}
+        web, stored = uris | "WebApart" >> beam.Partition(
+            lambda uri, _: 0 if uri_kinds.is_web(uri) else 1, 2
+        )
+        good, bad = (
+            stored | "ReadStored" >> beam.ParDo(ReadStored(self.settings)).with_exception_handling()
+        )
+        stored_errors = bad | "ReadErrorRows" >> beam.ParDo(DeadLettersToErrorRows("read"))
+        concurrency = self.settings.http_concurrency
+        fetched = (
+            web
+            # Batches of a few times the fetches in flight keep every connection busy.
+            | "BatchUrls" >> beam.BatchElements(min_batch_size=1, max_batch_size=4 * concurrency)
+            | "FetchUrls"
+            >> beam.ParDo(FetchUrls(self.settings.http())).with_outputs(ERRORS, main="images")
+        )
+        return {
+            "images": (good, fetched.images) | "AllRead" >> beam.Flatten(),
+            "errors": (stored_errors, fetched[ERRORS]) | "AllReadErrors" >> beam.Flatten(),
+        }
+
+
+class ReadShardMembers(beam.DoFn):
+    """A WebDataset shard -> (member uri, bytes) per image member; an error row per
+    member it could not read, and one for a shard that is cut short or no tar."""
+
+    def __init__(self, settings: ReadSettings) -> None:
+        self.settings = settings
+
+    def process(self, shard: str):
+        try:
+            handle = FileSystems.open(shard, compression_type="uncompressed")
+        except Exception as error:  # noqa: BLE001 - an unreadable shard is an error row
+            yield _read_failed(shard, type(error).__name__, str(error))
+            return
+        with handle:
+            for item in read_shard(handle, shard, self.settings.max_bytes):
+                if isinstance(item, ShardError):
+                    yield _read_failed(item.uri, item.error_type, item.message)
+                else:
+                    yield _read_ok(item.uri, item.data)
+
+
+class ReadShards(beam.PTransform):
+    """Shard URIs -> {"images": (member uri, bytes), "errors": read error rows}."""
+
+    def __init__(self, settings: ReadSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings or ReadSettings()
+
+    def expand(self, shards):
+        read = shards | "ReadShardMembers" >> beam.ParDo(
+            ReadShardMembers(self.settings)
+        ).with_outputs(ERRORS, main="images")
+        return {"images": read.images, "errors": read[ERRORS]}

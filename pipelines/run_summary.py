@@ -11,8 +11,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from captioning import run_layout
+from captioning.sources.uris import is_local
 from pipelines import metrics as names
-from pipelines.read_images import is_local
 
 
 def counters(result) -> dict[str, int]:

@@ -3,7 +3,8 @@
 It reads the data files of the captions table's snapshot that the run started from
 (never a file a run wrote but did not commit), and joins them with the listed URIs in
 the pipeline (CoGroupByKey), not in one worker's memory, so it works the same for a
-hundred million URIs.
+hundred million URIs. It takes URIs, or (uri, bytes) pairs (the members of a
+WebDataset shard, known only once the shard is read).
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ from pipelines.metrics import NAMESPACE, SKIPPED_EXISTING
 
 
 def _only_new(joined):
-    uri, groups = joined
+    _, groups = joined
+    wanted = list(groups["wanted"])
     if groups["existing"]:
-        Metrics.counter(NAMESPACE, SKIPPED_EXISTING).inc()
+        Metrics.counter(NAMESPACE, SKIPPED_EXISTING).inc(len(wanted))
         return
-    yield uri
+    yield from wanted
+
+
+def _uri(element) -> str:
+    return element[0] if isinstance(element, tuple) else element
 
 
 class SkipExisting(beam.PTransform):
@@ -36,7 +42,7 @@ class SkipExisting(beam.PTransform):
             | "ReadExisting" >> beam.io.ReadAllFromParquet(columns=["image_uri"])
             | "KeyExisting" >> beam.Map(lambda row: (row["image_uri"], True))
         )
-        wanted = uris | "KeyWanted" >> beam.Map(lambda uri: (uri, True))
+        wanted = uris | "KeyWanted" >> beam.Map(lambda element: (_uri(element), element))
         return (
             {"wanted": wanted, "existing": existing}
             | "Join" >> beam.CoGroupByKey()

@@ -24,10 +24,24 @@ Workers write Parquet files; one commit at the end makes them visible. A run tha
 or is killed leaves the tables as they were.
 
 required:
-  --input GLOB            local or gs:// glob, '**' recurses (repeatable), and/or
-  --input-manifest FILE   text (one URI per line) or CSV/Parquet with an image_uri column
+  --input GLOB            local, file:// or gs:// glob ('**' recurses), an http(s):// URL,
+                          or WebDataset shards 'shards-{000..099}.tar' (repeatable), and/or
+  --input-manifest FILE   text (one URI per line), CSV, TSV, JSON Lines or Parquet; .gz too
   --output DIR            output folder (local or gs://)
   --model BUNDLE          model bundle directory (local or gs://)
+
+inputs:
+  --uri-column NAME       the manifest's column or JSON key of URIs (default image_uri)
+  --max-image-bytes N     an input over N bytes is an error row (default 128 MiB)
+  --read-timeout S        seconds per read or URL fetch before it is an error (default 60)
+  --http-concurrency N    URL fetches in flight per worker thread (default 64); 429 and
+                          5xx are retried with backoff, at most 5 redirects are followed
+  --user-agent TEXT       the User-Agent of URL fetches
+  --ignore-robots-tag     fetch images whose server says X-Robots-Tag: noai / noimageai
+                          (by default they are error rows, as img2dataset does)
+  Formats: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF. Every input that names no
+  readable image (bad manifest line, folder, FIFO, over the limits, HTTP failure, s3://)
+  is one row in DIR/errors; the run goes on.
 
 options:
   --skip-existing         only caption URIs not already in DIR/captions, and append them

@@ -16,6 +16,9 @@ from tests.deploy.conftest import DEPLOY, beam_option_names, caption_option_acti
 EXAMPLE_VALUES = {
     "input": "gs://my-bucket/photos/**",
     "input_manifest": "gs://my-bucket/manifest.csv",
+    "uri_column": "url",
+    "http_user_agent": "my-archive-bot/1.0",
+    "ignore_robots_tag": "false",
     "output": "gs://my-bucket/captions/archive",
     "model": "gs://my-bucket/models/current",
     "skip_existing": "true",

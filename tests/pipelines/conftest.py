@@ -22,6 +22,7 @@ AWKWARD = {
     "grayscale.png": ("grayscale", "caption"),
     "photo.webp": ("webp", "caption"),
     "photo.bmp": ("bmp", "caption"),
+    "scan.tiff": ("tiff", "caption"),
 }
 BROKEN = {
     "empty.jpg": "empty",
@@ -29,7 +30,7 @@ BROKEN = {
     "html_saved_as.jpg": "html_as_jpg",
     "bad_crc.png": "png_bad_crc",
     "bomb_60000x60000.png": "png_huge_header",
-    "scan.tiff": "tiff",
+    "icon.ico": "ico",
 }
 
 

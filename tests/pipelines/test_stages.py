@@ -7,9 +7,6 @@ import time
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -17,7 +14,6 @@ from captioning.images.decode import load_image
 from pipelines.caption_images import CaptionImages
 from pipelines.caption_model_handler import CaptionModelHandler
 from pipelines.decode_images import DecodeImages
-from pipelines.read_images import ListInputs
 from tests.images import awkward_files
 
 
@@ -93,20 +89,3 @@ def test_an_inference_failure_becomes_error_rows_for_its_batch(tiny_bundle):
             equal_to([("bad", "inference", "RuntimeError", "device out of memory")]),
             label="Errors",
         )
-
-
-@pytest.mark.parametrize("validate", [True, False], ids=["checked-when-built", "offline-build"])
-def test_manifests_in_text_csv_and_parquet(tmp_path, validate):
-    (tmp_path / "m.txt").write_text("a.jpg\n# a comment\n\nb.jpg\na.jpg\n")
-    (tmp_path / "m.csv").write_text('id,image_uri\n1,c.jpg\n2,"d,1.jpg"\n')
-    pq.write_table(pa.table({"image_uri": ["e.jpg", "f.jpg"], "x": [1, 2]}), tmp_path / "m.parquet")
-    for manifest, expected in (
-        ("m.txt", ["a.jpg", "b.jpg"]),
-        ("m.csv", ["c.jpg", "d,1.jpg"]),
-        ("m.parquet", ["e.jpg", "f.jpg"]),
-    ):
-        with TestPipeline() as pipeline:
-            # Built without looking at the manifest (a dry run's way), the CSV column is
-            # found on a worker instead; the URIs are the same.
-            listed = pipeline | ListInputs([], str(tmp_path / manifest), validate=validate)
-            assert_that(listed["uris"], equal_to(expected))
