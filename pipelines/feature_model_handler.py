@@ -18,9 +18,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from captioning.config import CaptionerConfig
-from captioning.models.image_encoder import ImageEncoder
+from captioning.models.image_encoder import FEATURE_DTYPE, ImageEncoder
 from captioning.precision import dtype_policy
-from captioning.training.feature_spec import FEATURE_DTYPE, build_feature_encoder
+from captioning.training.feature_spec import build_feature_encoder
 
 
 class FeatureModelHandler(ModelHandler[dict, PredictionResult, ImageEncoder]):

@@ -57,18 +57,9 @@ class Captioner(keras.Model):
         end_id: int,
         load_backbone_weights: bool = True,
     ) -> Captioner:
-        image, enc, dec = config.image, config.encoder, config.decoder
-        encoder = ImageEncoder(
-            image_size=image.image_size,
-            feature_layer=enc.feature_layer,
-            projection_dim=enc.projection_dim,
-            backbone_weights=enc.backbone_weights,
-            trainable_backbone=enc.trainable,
-            normalization=image.normalization,
-            mean=image.mean,
-            std=image.std,
-            load_backbone_weights=load_backbone_weights,
-            name="encoder",
+        dec = config.decoder
+        encoder = ImageEncoder.from_captioner_config(
+            config, load_backbone_weights=load_backbone_weights
         )
         decoder = AttentionGRUDecoder(
             vocabulary_size=vocabulary_size,

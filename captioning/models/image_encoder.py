@@ -1,4 +1,9 @@
-"""InceptionV3 image encoder: normalise, backbone feature grid, Dense projection."""
+"""InceptionV3 image encoder: normalise, backbone feature grid, Dense projection.
+
+``ImageEncoder.from_captioner_config`` is the one place a ``CaptionerConfig`` becomes an
+encoder: the captioner and the feature writers (``captioning features``) both build
+theirs there, so stored features always come from the backbone the trainer would build.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,13 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from captioning.config import CaptionerConfig
 from captioning.models.image_normalization import ImageNormalization
+
+# The dtype of stored backbone features: the trainer's feature cache and the shards of
+# ``captioning features`` both cast ``backbone_features`` to it, so training reads the
+# same numbers from either. float16 stores the grid in half the bytes of float32.
+FEATURE_DTYPE = "float16"
 
 
 def build_inception_backbone(
@@ -101,6 +112,36 @@ class ImageEncoder(keras.layers.Layer):
         self.normalization = normalization
         self.mean = mean
         self.std = std
+
+    @classmethod
+    def from_captioner_config(
+        cls,
+        config: CaptionerConfig,
+        *,
+        load_backbone_weights: bool,
+        trainable_backbone: bool | None = None,
+    ) -> ImageEncoder:
+        """The encoder of ``config``, named "encoder" as a Captioner's bundle stores it.
+
+        ``trainable_backbone`` overrides ``config.encoder.trainable`` (None keeps it): the
+        feature writers freeze it, as training from their features requires. Build it
+        under the dtype policy the model will run in.
+        """
+        image, encoder = config.image, config.encoder
+        return cls(
+            image_size=image.image_size,
+            feature_layer=encoder.feature_layer,
+            projection_dim=encoder.projection_dim,
+            backbone_weights=encoder.backbone_weights,
+            trainable_backbone=(
+                encoder.trainable if trainable_backbone is None else trainable_backbone
+            ),
+            normalization=image.normalization,
+            mean=image.mean,
+            std=image.std,
+            load_backbone_weights=load_backbone_weights,
+            name="encoder",
+        )
 
     @property
     def grid_size(self) -> int:

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from captioning.config import CaptionerConfig, to_json
 from captioning.images.decode import ImageDecodeError, load_image
+from captioning.models.image_encoder import FEATURE_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def build_cache(
             if not decoded:
                 continue
             batch = np.stack([pixels for _, pixels in decoded])
-            values = np.asarray(encode(batch)).astype(np.float16) if encode else batch
+            values = np.asarray(encode(batch)).astype(FEATURE_DTYPE) if encode else batch
             shape, dtype = values.shape[1:], values.dtype.name
             for (name, _), value in zip(decoded, values, strict=True):
                 if len(kept) % SHARD_SIZE == 0:

@@ -28,12 +28,11 @@ import tensorflow as tf
 from captioning import run_layout, storage
 from captioning.config import CaptionerConfig, ImageConfig
 from captioning.errors import UserError
-from captioning.models.image_encoder import ImageEncoder
+from captioning.models.image_encoder import FEATURE_DTYPE, ImageEncoder
 from captioning.training.example_cache import weights_identity
 
 # 2: the spec is the commit of a run under --output DIR and names its files.
 FORMAT_VERSION = 2
-FEATURE_DTYPE = "float16"  # what the trainer's own feature cache stores, too
 IMAGE_KEY = "image"
 FEATURES_KEY = "features"
 
@@ -142,20 +141,11 @@ def read_spec(features: str) -> FeatureSpec:
 
 
 def build_feature_encoder(config: CaptionerConfig, load_backbone_weights: bool) -> ImageEncoder:
-    """The encoder the trainer builds for ``config`` (Captioner.from_captioner_config);
-    its ``backbone_features`` is what gets stored. Build it under the dtype policy."""
-    image, encoder = config.image, config.encoder
-    return ImageEncoder(
-        image_size=image.image_size,
-        feature_layer=encoder.feature_layer,
-        projection_dim=encoder.projection_dim,
-        backbone_weights=encoder.backbone_weights,
-        trainable_backbone=False,
-        normalization=image.normalization,
-        mean=image.mean,
-        std=image.std,
-        load_backbone_weights=load_backbone_weights,
-        name="encoder",
+    """The encoder the trainer builds for ``config``, with its backbone frozen; its
+    ``backbone_features``, cast to ``FEATURE_DTYPE``, is what gets stored. Build it
+    under the dtype policy."""
+    return ImageEncoder.from_captioner_config(
+        config, load_backbone_weights=load_backbone_weights, trainable_backbone=False
     )
 
 
@@ -176,7 +166,8 @@ def file_sha256(path: str) -> str:
 
 
 def feature_record(name: str, features: np.ndarray) -> bytes:
-    """One image's tf.train.Example: its name and its float16 feature grid as raw bytes."""
+    """One image's tf.train.Example: its name and its feature grid, as raw
+    ``FEATURE_DTYPE`` bytes."""
     values = np.ascontiguousarray(features, dtype=FEATURE_DTYPE)
     feature = {
         IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),

@@ -5,6 +5,10 @@ is the per-replica batch times the replica count; Keras scales the loss by the
 replica count, so one replica and N replicas on the same global batch take the
 same step. Checkpoints (``BackupAndRestore``) make a killed run resume at the
 epoch where it stopped.
+
+``train`` is a list of steps, each a function below it, in order: inputs (captions,
+vocabulary, feature shards), the run (strategy, worker role, run directory), model,
+datasets, callbacks, fit, export. Small dataclasses carry state from one to the next.
 """
 
 from __future__ import annotations
@@ -34,12 +38,21 @@ from captioning.precision import dtype_policy, resolve_precision
 from captioning.text.vocabulary import Vocabulary
 from captioning.training import input_pipeline
 from captioning.training.checkpoint import SharedBackupAndRestore, completed_epochs
-from captioning.training.example_cache import build_cache
-from captioning.training.feature_shards import open_feature_shards
+from captioning.training.example_cache import ExampleCache, build_cache
+from captioning.training.feature_shards import (
+    FeatureShardCache,
+    FeatureShards,
+    open_feature_shards,
+)
 from captioning.training.history import HISTORY_CSV, HISTORY_PNG, plot_history
 from captioning.training.progress import ProgressLogger
 from captioning.training.run_directory import RunDirectory, SyncRunDirectory
-from captioning.training.strategy import make_strategy, synchronize_batch_norm, worker_role
+from captioning.training.strategy import (
+    WorkerRole,
+    make_strategy,
+    synchronize_batch_norm,
+    worker_role,
+)
 
 log = logging.getLogger("captioning.train")
 
@@ -116,7 +129,53 @@ def train(
     feature_cache_dir: str | None = None,
     features: str | None = None,
 ) -> TrainResult:
+    """Train a captioner on ``captions`` and export it as a bundle at ``out``.
+
+    Examples come from ``images`` (decoded, or encoded by the frozen backbone, into a
+    cache that later runs reuse) or from a features run (``--features DIR``). A run
+    killed part-way resumes from its checkpoint in ``run_dir`` (default ``out`` +
+    ".run"). On a multi-worker cluster every worker calls this; only the chief's run
+    directory and bundle are kept.
+    """
     started = time.monotonic()
+    shards, config = _open_features(features, images, config)
+    # Reproducible initial weights (and identical ones on every worker of a cluster).
+    keras.utils.set_random_seed(config.seed)
+    inputs = _read_inputs(captions, images, format, config, shards)
+    run = _start_run(config, strategy_kind, out, run_dir, feature_cache_dir)
+    config = _with_dataset_statistics(config, inputs, run)
+    (run.work / "train_config.json").write_text(to_json(config))
+    (run.work / "vocabulary.json").write_text(inputs.vocabulary.to_json())
+
+    model = _build_model(config, inputs, run)
+    datasets = _build_datasets(config, inputs, run, model)
+    # The optimizer, too, is built in the scope, so its slots are distributed like the
+    # weights. It needs the datasets first: the schedule decays over steps per epoch.
+    with dtype_policy(run.precision), run.strategy.scope():
+        compile_captioner(model, config, datasets.steps_per_epoch)
+    progress, callbacks = _make_callbacks(config, run, datasets.steps_per_epoch)
+    history = _fit(model, datasets, config, callbacks, run)
+    return _export(model, history, progress, inputs.vocabulary, config, run, out, started)
+
+
+# === Step: inputs ===
+@dataclass
+class _Inputs:
+    """What the run trains on: each split's captions by image, the vocabulary built from
+    the training captions, and where examples come from (images, or feature shards)."""
+
+    train_captions: dict[str, list[str]]
+    val_captions: dict[str, list[str]]
+    vocabulary: Vocabulary
+    image_dir: Path | None
+    shards: FeatureShards | None
+
+
+def _open_features(
+    features: str | None, images: str | None, config: TrainConfig
+) -> tuple[FeatureShards | None, TrainConfig]:
+    """The features run's shards (None without ``--features``), and ``config`` with the
+    image and backbone settings those features were made with."""
     # Precomputed features (``captioning features``) replace the backbone pass; the
     # images directory is then optional, and only filters captions of missing files.
     shards = open_feature_shards(features) if features else None
@@ -126,8 +185,17 @@ def train(
         if config.captioner.encoder.trainable:
             raise UserError("--features trains from frozen-backbone features; freeze the backbone")
         config = dataclasses.replace(config, captioner=shards.spec.apply_to(config.captioner))
-    # Reproducible initial weights (and identical ones on every worker of a cluster).
-    keras.utils.set_random_seed(config.seed)
+    return shards, config
+
+
+def _read_inputs(
+    captions: str,
+    images: str | None,
+    format: str | None,
+    config: TrainConfig,
+    shards: FeatureShards | None,
+) -> _Inputs:
+    """The captions, split into training and validation, and the vocabulary."""
     data = read_captions(
         captions, images, format, seed=config.seed, val_fraction=config.val_fraction
     )
@@ -145,15 +213,51 @@ def train(
         vocabulary.size,
         vocabulary.max_length,
     )
+    image_dir = Path(images) if images is not None else None
+    return _Inputs(train_captions, val_captions, vocabulary, image_dir, shards)
+
+
+# === Step: the run (strategy, worker role, run directory) ===
+@dataclass
+class _Run:
+    """This process's place in the run: the strategy, which worker it is, and where it
+    writes (the run directory's local copy, and the example cache)."""
+
+    strategy: tf.distribute.Strategy
+    role: WorkerRole
+    directory: RunDirectory
+    precision: str
+    global_batch: int
+    cache_root: Path
+
+    @property
+    def work(self) -> Path:
+        return self.directory.local
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def multi_worker(self) -> bool:
+        return self.role.task_type is not None
+
+
+def _start_run(
+    config: TrainConfig,
+    strategy_kind: str,
+    out: str,
+    run_dir: str | None,
+    feature_cache_dir: str | None,
+) -> _Run:
+    """The strategy (``strategy_kind``, or chosen from TF_CONFIG and the devices), this
+    worker's role, and its run directory (restored from gs:// when the run is remote)."""
     strategy = make_strategy(strategy_kind)
     role = worker_role(strategy)
-    multi_worker = role.task_type is not None
     # Only the chief writes the run directory and the bundle; other workers of a
     # multi-worker run write their own files to a scratch directory removed at the end.
-    run = RunDirectory(run_dir or f"{out.rstrip('/')}.run", role)
-    work = run.local
+    directory = RunDirectory(run_dir or f"{out.rstrip('/')}.run", role)
     replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_size * replicas
     precision = resolve_precision(config.precision)
     log.info(
         "strategy %s: %d replica(s), %s, precision %s",
@@ -162,94 +266,149 @@ def train(
         role.name,
         precision,
     )
-
-    image_dir = Path(images) if images is not None else None
-    frozen = not config.captioner.encoder.trainable
-    cache_root = Path(feature_cache_dir or work / "cache")
+    cache_root = Path(feature_cache_dir or directory.local / "cache")
     if feature_cache_dir and not role.is_chief:
         cache_root = cache_root / role.name
-    train_names, val_names = list(train_captions), list(val_captions)
-    if config.captioner.image.normalization == "dataset" and config.captioner.image.mean is None:
-        pixels = build_cache("pixels", image_dir, train_names, config.captioner, cache_root)
-        mean, std = _dataset_statistics(pixels.dataset())
-        image = dataclasses.replace(config.captioner.image, mean=tuple(mean), std=tuple(std))
-        config = dataclasses.replace(
-            config, captioner=dataclasses.replace(config.captioner, image=image)
+    global_batch = config.batch_size * replicas
+    return _Run(strategy, role, directory, precision, global_batch, cache_root)
+
+
+def _with_dataset_statistics(config: TrainConfig, inputs: _Inputs, run: _Run) -> TrainConfig:
+    """``config`` with the training images' mean and std filled in, when its
+    normalisation is "dataset" and they are not given."""
+    image = config.captioner.image
+    if image.normalization != "dataset" or image.mean is not None:
+        return config
+    names = list(inputs.train_captions)
+    pixels = build_cache("pixels", inputs.image_dir, names, config.captioner, run.cache_root)
+    mean, std = _dataset_statistics(pixels.dataset())
+    image = dataclasses.replace(image, mean=tuple(mean), std=tuple(std))
+    log.info("dataset normalisation: mean %s std %s", np.round(mean, 1), np.round(std, 1))
+    return dataclasses.replace(config, captioner=dataclasses.replace(config.captioner, image=image))
+
+
+# === Step: model ===
+def _build_model(config: TrainConfig, inputs: _Inputs, run: _Run) -> Captioner:
+    # Inside the scope, so a MirroredStrategy or MultiWorker run mirrors the variables.
+    with dtype_policy(run.precision), run.strategy.scope():
+        model = build_captioner(
+            config.captioner, inputs.vocabulary, load_backbone_weights=inputs.shards is None
         )
-        log.info("dataset normalisation: mean %s std %s", np.round(mean, 1), np.round(std, 1))
-    (work / "train_config.json").write_text(to_json(config))
-    (work / "vocabulary.json").write_text(vocabulary.to_json())
-
-    with dtype_policy(precision), strategy.scope():
-        model = build_captioner(config.captioner, vocabulary, load_backbone_weights=shards is None)
-        if shards is not None:
+        if inputs.shards is not None:
             # The backbone that computed the features, so the bundle captions consistently.
-            shards.load_backbone(model.encoder.backbone)
-
-    sync_batch_norm = replicas > 1 and config.captioner.encoder.trainable
-    if sync_batch_norm:
+            inputs.shards.load_backbone(model.encoder.backbone)
+    if _syncs_batch_norm(config, run):
         layers = synchronize_batch_norm(model.encoder.backbone)
         log.info("batch normalisation over the global batch in %d backbone layers", layers)
+    return model
 
+
+def _syncs_batch_norm(config: TrainConfig, run: _Run) -> bool:
+    """Whether a trainable backbone's batch norm runs over the global batch while training."""
+    return run.replicas > 1 and config.captioner.encoder.trainable
+
+
+# === Step: datasets ===
+@dataclass
+class _Datasets:
+    """The two splits' batches, and how many steps make one pass over each."""
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    steps_per_epoch: int
+    validation_steps: int
+
+
+def _build_datasets(config: TrainConfig, inputs: _Inputs, run: _Run, model: Captioner) -> _Datasets:
+    """Batched training and validation examples, sized to the epochs still to run."""
     # Epochs still to run: a resumed run's datasets are sized to what is left.
-    remaining = config.epochs - completed_epochs(str(run.checkpoint_dir))
-    kind = "features" if frozen else "pixels"
-    encode = (
-        (lambda batch: model.encoder.backbone_features(batch, training=False)) if frozen else None
+    remaining = config.epochs - completed_epochs(str(run.directory.checkpoint_dir))
+    train_cache = _example_cache(list(inputs.train_captions), config, inputs, run, model)
+    train_ds = _caption_batches(
+        train_cache, inputs.train_captions, True, config, inputs, run, remaining
     )
-    datasets = []
-    for names, captions_by_image, training in (
-        (train_names, train_captions, True),
-        (val_names, val_captions, False),
-    ):
-        if shards is not None:
-            cache = shards.cache_for(names)
-        else:
-            cache = build_cache(kind, image_dir, names, config.captioner, cache_root, encode)
-        tokens, counts = input_pipeline.encode_captions(captions_by_image, cache.images, vocabulary)
-        datasets.append(
-            input_pipeline.caption_batches(
-                cache.dataset(),
-                tokens,
-                counts,
-                global_batch,
-                training,
-                inputs_key="features" if frozen else "images",
-                augment_config=config.augment,
-                vocabulary=vocabulary,
-                in_memory=_keep_in_memory(config.image_cache, cache, training),
-                seed=config.seed,
-                # The training iterator lives for the whole run. With one replica Keras
-                # restarts the validation iterator every epoch, so it gets one pass that
-                # runs dry; a distributed iterator is kept across epochs, so it repeats.
-                epochs=max(remaining, 1) if training else (None if replicas > 1 else 1),
-            )
-        )
-        if training:
-            train_size = len(cache.images)
-        else:
-            validation_steps = math.ceil(len(cache.images) / global_batch)
-    train_ds, val_ds = datasets
-    if train_size < global_batch:
+    val_cache = _example_cache(list(inputs.val_captions), config, inputs, run, model)
+    val_ds = _caption_batches(val_cache, inputs.val_captions, False, config, inputs, run, remaining)
+    train_size = len(train_cache.images)
+    if train_size < run.global_batch:
         raise UserError(
-            f"{train_size} training images is fewer than one global batch of {global_batch}; "
+            f"{train_size} training images is fewer than one global batch of {run.global_batch}; "
             "lower --batch-size"
         )
-    steps_per_epoch = train_size // global_batch
-    with dtype_policy(precision), strategy.scope():
-        compile_captioner(model, config, steps_per_epoch)
+    return _Datasets(
+        train_ds,
+        val_ds,
+        steps_per_epoch=train_size // run.global_batch,
+        validation_steps=math.ceil(len(val_cache.images) / run.global_batch),
+    )
 
-    progress = ProgressLogger(config.epochs, steps_per_epoch, global_batch, work)
+
+def _example_cache(
+    names: list[str], config: TrainConfig, inputs: _Inputs, run: _Run, model: Captioner
+) -> ExampleCache | FeatureShardCache:
+    """The examples of ``names``: from the feature shards, else from a cache of the frozen
+    backbone's features or of pixels (built on first use, reused by later runs)."""
+    if inputs.shards is not None:
+        return inputs.shards.cache_for(names)
+    if config.captioner.encoder.trainable:
+        kind, encode = "pixels", None
+    else:
+        kind = "features"
+
+        def encode(batch):
+            return model.encoder.backbone_features(batch, training=False)
+
+    return build_cache(kind, inputs.image_dir, names, config.captioner, run.cache_root, encode)
+
+
+def _caption_batches(
+    cache: ExampleCache | FeatureShardCache,
+    captions_by_image: dict[str, list[str]],
+    training: bool,
+    config: TrainConfig,
+    inputs: _Inputs,
+    run: _Run,
+    remaining: int,
+) -> tf.data.Dataset:
+    """One split's batches for ``fit``; ``training`` shuffles them (and augments pixels)."""
+    tokens, counts = input_pipeline.encode_captions(
+        captions_by_image, cache.images, inputs.vocabulary
+    )
+    return input_pipeline.caption_batches(
+        cache.dataset(),
+        tokens,
+        counts,
+        run.global_batch,
+        training,
+        inputs_key="images" if config.captioner.encoder.trainable else "features",
+        augment_config=config.augment,
+        vocabulary=inputs.vocabulary,
+        in_memory=_keep_in_memory(config.image_cache, cache, training),
+        seed=config.seed,
+        # The training iterator lives for the whole run. With one replica Keras
+        # restarts the validation iterator every epoch, so it gets one pass that
+        # runs dry; a distributed iterator is kept across epochs, so it repeats.
+        epochs=max(remaining, 1) if training else (None if run.replicas > 1 else 1),
+    )
+
+
+# === Step: callbacks ===
+def _make_callbacks(
+    config: TrainConfig, run: _Run, steps_per_epoch: int
+) -> tuple[ProgressLogger, list[keras.callbacks.Callback]]:
+    """The progress logger (the run summary reads where it resumed from) and every
+    callback for ``fit``, in the order they must run."""
+    progress = ProgressLogger(config.epochs, steps_per_epoch, run.global_batch, run.work)
     callbacks = [
         # The per-epoch checkpoint: weights, optimizer state and epoch. First, so it is
         # restored before anything else looks. Every worker restores it; the chief writes.
-        SharedBackupAndRestore(str(run.checkpoint_dir), is_chief=role.is_chief),
-        keras.callbacks.TensorBoard(str(work / "tensorboard"), update_freq=50),
+        SharedBackupAndRestore(str(run.directory.checkpoint_dir), is_chief=run.role.is_chief),
+        keras.callbacks.TensorBoard(str(run.work / "tensorboard"), update_freq=50),
         # Appends, so a resumed run extends the curves of the run it resumes.
-        keras.callbacks.CSVLogger(str(work / HISTORY_CSV), append=True),
+        keras.callbacks.CSVLogger(str(run.work / HISTORY_CSV), append=True),
         progress,
         # Last, so a gs:// run uploads the checkpoint and logs this epoch just wrote.
-        SyncRunDirectory(run),
+        SyncRunDirectory(run.directory),
     ]
     if config.early_stopping_patience > 0:
         callbacks.append(
@@ -260,42 +419,70 @@ def train(
                 verbose=0,
             )
         )
+    return progress, callbacks
+
+
+# === Step: fit ===
+def _fit(
+    model: Captioner,
+    datasets: _Datasets,
+    config: TrainConfig,
+    callbacks: list[keras.callbacks.Callback],
+    run: _Run,
+) -> keras.callbacks.History:
+    """``model.fit``; a multi-worker run that loses a peer stops with ``WorkerLostError``."""
     try:
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
+        return model.fit(
+            datasets.train,
+            validation_data=datasets.val,
             epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,
-            validation_steps=validation_steps,
+            steps_per_epoch=datasets.steps_per_epoch,
+            validation_steps=datasets.validation_steps,
             callbacks=callbacks,
             verbose=0,
             shuffle=False,  # the dataset shuffles itself; this only silences Keras' warning
         )
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as error:
-        if not multi_worker:
+        if not run.multi_worker:
             raise
         # A peer was preempted or crashed: collectives cannot finish without it. Every
         # worker stops; a restarted job resumes from the chief's last checkpoint.
-        done = completed_epochs(str(run.checkpoint_dir))
-        run.close()
+        done = completed_epochs(str(run.directory.checkpoint_dir))
+        run.directory.close()
         raise WorkerLostError(
-            f"{role.name} lost contact with the cluster ({_short_reason(error)}); restart the job "
-            f"to resume from the checkpoint after epoch {done}"
+            f"{run.role.name} lost contact with the cluster ({_short_reason(error)}); restart "
+            f"the job to resume from the checkpoint after epoch {done}"
         ) from None
-    if sync_batch_norm:
+
+
+# === Step: export ===
+def _export(
+    model: Captioner,
+    history: keras.callbacks.History,
+    progress: ProgressLogger,
+    vocabulary: Vocabulary,
+    config: TrainConfig,
+    run: _Run,
+    out: str,
+    started: float,
+) -> TrainResult:
+    """Save the bundle (the chief's at ``out``), the history plot and the run summary,
+    then sync and close the run directory."""
+    if _syncs_batch_norm(config, run):
         # The bundle is for inference on any number of devices.
         synchronize_batch_norm(model.encoder.backbone, enabled=False)
     fingerprint = weights_fingerprint(model)
+    is_chief, work = run.role.is_chief, run.work
     # Every worker saves (saving may read distributed variables collectively), but only
     # the chief's copy is the bundle; the others go to scratch and are removed.
-    bundle_dir = out if role.is_chief else str(work / "bundle")
+    bundle_dir = out if is_chief else str(work / "bundle")
     model_id = save_bundle(model, vocabulary, config.captioner, bundle_dir)
     if (work / HISTORY_CSV).is_file():
         plot_history(work / HISTORY_CSV, work / HISTORY_PNG)
     summary = {
-        "bundle": out if role.is_chief else None,
+        "bundle": out if is_chief else None,
         "model_id": model_id,
-        "task": role.name,
+        "task": run.role.name,
         "weights_fingerprint": fingerprint,
         "epochs_run": len(history.epoch),
         "resumed_from": progress.resumed_from,
@@ -303,18 +490,18 @@ def train(
         "seconds": round(time.monotonic() - started, 1),
     }
     (work / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    run.close()
-    if role.is_chief:
+    run.directory.close()
+    if is_chief:
         log.info("wrote bundle %s (model id %s)", out, model_id)
     return TrainResult(
-        out if role.is_chief else None,
+        out if is_chief else None,
         model_id,
         {k: [float(v) for v in vs] for k, vs in history.history.items()},
         len(history.epoch),
         progress.resumed_from,
         time.monotonic() - started,
         fingerprint,
-        role.is_chief,
+        is_chief,
     )
 
 
