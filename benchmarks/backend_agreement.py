@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from captioning.precision import POLICIES
+
 
 def predict(bundle: str, images: list[str], backend: str, precision: str) -> tuple[list, float]:
     env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
@@ -57,7 +59,7 @@ def main() -> None:
         "--precision",
         nargs="+",
         default=["float32", "mixed_bfloat16"],
-        choices=("float32", "mixed_bfloat16", "mixed_float16"),
+        choices=POLICIES,
     )
     args = parser.parse_args()
     images = sorted(glob.glob(args.images))[: args.limit]

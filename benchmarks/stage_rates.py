@@ -68,6 +68,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from captioning import precision
+
 ROOT = Path(__file__).resolve().parents[1]
 for _path in (str(ROOT), str(ROOT / "benchmarks")):
     if _path not in sys.path:
@@ -878,7 +880,7 @@ def main() -> None:
     parser.add_argument(
         "--precision",
         default="mixed_bfloat16",
-        choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        choices=precision.CHOICES,
         help="dtype policy for the bundle here and --precision of the job",
     )
     parser.add_argument(

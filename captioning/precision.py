@@ -10,8 +10,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import keras
-
+# Keras is imported where it is used: the CLI's parsers read CHOICES, and --help must not
+# wait for a backend to load.
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 CHOICES = ("auto", *POLICIES)
 
@@ -38,6 +38,8 @@ def resolve_precision(name: str) -> str:
 
 def gpu_compute_capability() -> int | None:
     """The major compute capability of the first GPU the Keras backend sees, or None."""
+    import keras
+
     if keras.backend.backend() == "jax":
         import jax
 
@@ -57,6 +59,8 @@ def gpu_compute_capability() -> int | None:
 @contextlib.contextmanager
 def dtype_policy(name: str) -> Iterator[None]:
     """Build layers under a dtype policy without leaking it to the rest of the process."""
+    import keras
+
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(resolve_precision(name))
     try:

@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from captioning import precision
+
 log = logging.getLogger("captioning.evaluate")
 
 
@@ -31,7 +33,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--precision",
-        choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        choices=precision.CHOICES,
         help="dtype policy (default: the bundle's own, normally auto)",
     )
     parser.add_argument("--limit", type=int, help="score only the first N images")

@@ -13,11 +13,11 @@ import argparse
 import json
 import sys
 
+from captioning import precision
 from captioning.cli.model_flags import add_model_flags
 
 # captioning.tables' default, without importing deltalake to build the parser.
 DEFAULT_RETENTION_HOURS = 168
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 HELP = """\
 Compute the frozen InceptionV3 features of every image in a captions file (all splits)
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=precision.CHOICES,
         help="dtype policy of the backbone (default: the preset's training precision; "
         "auto = bf16 where the launching machine has it)",
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from captioning import precision
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -18,7 +20,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--beam-width", type=int, help="beams (1 = greedy; default: bundle's)")
     parser.add_argument(
         "--precision",
-        choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        choices=precision.CHOICES,
         help="dtype policy (default: the bundle's own, normally auto)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 
+from captioning import precision
 from captioning.cli.model_flags import add_model_flags, apply_model_flags
 
 log = logging.getLogger("captioning.train")
@@ -45,7 +46,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        choices=precision.CHOICES,
         help="dtype policy (auto: bf16 where the hardware has it)",
     )
     parser.add_argument(
