@@ -15,7 +15,6 @@ Dataflow job description, made offline; see ``pipelines.dataflow_job``).
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -23,7 +22,6 @@ import re
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,12 +51,12 @@ from pipelines.dataflow_job import (
     runs_on_dataflow,
 )
 from pipelines.decode_images import DecodeImages
+from pipelines.launcher import build_summary, metric_totals, new_run_id, write_summary
 from pipelines.legacy_output import import_legacy_captions, legacy_caption_files
 from pipelines.list_inputs import SHARDS, ListInputs, inputs_list_anything, normalize_patterns
-from pipelines.options import CaptionOptions, normalize_dry_run
+from pipelines.options import CaptionOptions, FeatureOptions, normalize_dry_run
 from pipelines.read_images import ReadImages, ReadSettings, ReadShards
 from pipelines.route_images import JPEG, OTHER, RouteImages
-from pipelines.run_summary import build_summary, counters, write_summary
 from pipelines.skip_existing import SkipExisting
 from pipelines.unknown_flags import check_beam_flags
 from pipelines.write_outputs import WriteCaptions, WriteErrors
@@ -217,8 +215,7 @@ def resolve_job(
             "(--allow-empty lets such a run replace them)"
         )
     starts = (0, 0) if offline else _start_snapshots(options, output)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    run_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
+    run_id = new_run_id()
     table = run_layout.captions_table(output)
     earlier = [] if offline else tables.committed_files(table, starts[0])
     return CaptionJob(
@@ -424,7 +421,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     argv = normalize_dry_run(sys.argv[1:] if argv is None else argv)
     # Beam would drop a misspelt flag and run with its default (see unknown_flags); this
     # also covers the flex template's launcher and `python -m pipelines.caption_pipeline`.
-    check_beam_flags(argv)
+    # The features job's flags mean nothing here: --captions is an error, not ignored.
+    check_beam_flags(argv, exclude=[FeatureOptions])
     options = PipelineOptions(argv)
     caption_options = options.view_as(CaptionOptions)
     dry_run = bool(options.view_as(TestOptions).dry_run)
@@ -462,7 +460,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         return {**identity, "template_location": template}
     if returns_early:
         return {**identity, "job_id": result.job_id(), "state": str(result.state)}
-    summary = _summary(job, time.monotonic() - started, counters(result))
+    summary = _summary(job, time.monotonic() - started, metric_totals(result))
     path = write_summary(summary, job.options.output)
     log.info("summary (%s): %s", path, json.dumps(summary))
     return summary

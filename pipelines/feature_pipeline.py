@@ -25,18 +25,14 @@ call ``run(argv, test_pipeline=TestPipeline(...))``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import io
 import json
 import logging
-import os
-import re
 import shutil
+import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +44,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from captioning import run_layout, tables
-from captioning.cli.features_command import add_arguments
-from captioning.cli.model_flags import apply_model_flags
 from captioning.config import CaptionerConfig
 from captioning.data.formats import read_captions
 from captioning.errors import UserError
+from captioning.model_flags import apply_model_flags
 from captioning.precision import dtype_policy, resolve_precision
 from captioning.presets import get_preset
 from captioning.sources.uris import is_local
@@ -62,16 +57,15 @@ from pipelines.commit_tables import describe_files, hold_for_test
 from pipelines.decode_images import DecodeImages
 from pipelines.feature_images import EncodeImages
 from pipelines.feature_model_handler import FeatureModelHandler
+from pipelines.launcher import BEAM_TEMP, RUN_ID, new_run_id, write_whole
 from pipelines.list_inputs import ListInputs
+from pipelines.options import CaptionOptions, FeatureOptions
 from pipelines.read_images import ReadImages
+from pipelines.unknown_flags import check_beam_flags
 from pipelines.write_features import WriteFeatures, image_uri
 from pipelines.write_outputs import WriteErrors
 
 log = logging.getLogger("captioning.pipeline")
-
-# Run ids are "<UTC stamp>-<6 hex>" (resolve_job); every file a run writes carries its id.
-_RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{6}")
-_BEAM_TEMP = "beam-temp-"
 
 
 def inputs_path(output: str, run_id: str) -> str:
@@ -84,7 +78,7 @@ def inputs_path(output: str, run_id: str) -> str:
 class FeatureJob:
     """Everything resolved from the flags before anything is written."""
 
-    args: argparse.Namespace
+    args: FeatureOptions
     run_id: str
     output: str  # DIR: absolute when local
     images: str
@@ -116,7 +110,13 @@ def feature_config(
     return dataclasses.replace(config, encoder=encoder), train_config.precision
 
 
-def resolve_job(args: argparse.Namespace) -> FeatureJob:
+def resolve_job(args: FeatureOptions) -> FeatureJob:
+    for flag, value in (("--captions FILE", args.captions), ("--images DIR", args.images)):
+        if not value:
+            raise UserError(f"{flag} is required")
+    if not args.output:
+        raise UserError("--output DIR is required")
+    args.max_batch_size = args.max_batch_size or 64
     if args.min_batch_size < 1 or args.max_batch_size < args.min_batch_size:
         raise UserError("need 1 <= --min-batch-size <= --max-batch-size")
     if args.retention_hours < 0:
@@ -135,13 +135,12 @@ def resolve_job(args: argparse.Namespace) -> FeatureJob:
     if not names:
         raise UserError(f"no images in {args.captions}")
     log.info(data.report.summary())
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     errors_start = tables.ensure_table(
         run_layout.errors_table(output), run_layout.ERRORS_SCHEMA, args.retention_hours
     )
     return FeatureJob(
         args=args,
-        run_id=f"{stamp}-{uuid.uuid4().hex[:6]}",
+        run_id=new_run_id(),
         output=output,
         images=images,
         captions=str(Path(args.captions).resolve()),
@@ -154,29 +153,8 @@ def resolve_job(args: argparse.Namespace) -> FeatureJob:
 
 
 def write_spec(spec: FeatureSpec, output: str) -> None:
-    """Write ``DIR/features.json`` in one step, so a reader (or a kill) never meets half a
-    spec: locally a temporary file beside it renamed over it (``os.replace`` is atomic on
-    one filesystem); on gs:// one object write, which GCS makes visible whole."""
-    path = run_layout.feature_spec_path(output)
-    data = spec.to_json().encode()
-    if not is_local(path):
-        with FileSystems.create(path, mime_type="application/json") as handle:
-            handle.write(data)
-        return
-    path = path.removeprefix("file://")
-    folder = Path(path).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        dir=folder, prefix=f".{run_layout.FEATURE_SPEC_FILE}.", suffix=".tmp", delete=False
-    ) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    try:
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    """Write ``DIR/features.json`` whole: the commit of a features run."""
+    write_whole(run_layout.feature_spec_path(output), spec.to_json().encode())
 
 
 def _committed_run_id(output: str) -> str | None:
@@ -187,7 +165,7 @@ def _committed_run_id(output: str) -> str | None:
             run_id = json.loads(handle.read()).get("run_id")
     except Exception:  # noqa: BLE001 - no spec, or not one: nothing to replace
         return None
-    return run_id if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) else None
+    return run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
 
 
 def _copy(local: str, destination: str) -> None:
@@ -343,7 +321,7 @@ def commit_run(job: FeatureJob, spec: FeatureSpec, written: Written) -> FeatureS
 def _run_of(output: str, path: str) -> str | None:
     """The run that wrote ``path`` (a file or Beam temporary folder under DIR)."""
     folder = output.rstrip("/") + "/"
-    found = _RUN_ID.search(path[len(folder) :] if path.startswith(folder) else path)
+    found = RUN_ID.search(path[len(folder) :] if path.startswith(folder) else path)
     return found.group(0) if found else None
 
 
@@ -363,20 +341,20 @@ def remove_stale_runs(
         if run is None:  # not a features run's file: not ours to delete
             return False
         if run == run_id:
-            return _BEAM_TEMP in path or path == inputs_path(output, run_id)
+            return BEAM_TEMP in path or path == inputs_path(output, run_id)
         return run == replaced or updated < cutoff
 
     patterns = [
         run_layout.join(shards, "*"),
-        run_layout.join(shards, _BEAM_TEMP + "*", "*"),
-        run_layout.join(errors, _BEAM_TEMP + "*", "*"),
+        run_layout.join(shards, BEAM_TEMP + "*", "*"),
+        run_layout.join(errors, BEAM_TEMP + "*", "*"),
         run_layout.backbone_path(output, "*"),
     ]
     files = [m for result in FileSystems.match(patterns) for m in result.metadata_list]
     deleted = sorted({m.path for m in files if stale(m.path, m.last_updated_in_seconds)})
     folders = []  # local folders stay, even when Beam emptied them
     if is_local(output):  # judged before their files go, which makes them look new
-        temp = [*Path(shards).glob(_BEAM_TEMP + "*"), *Path(errors).glob(_BEAM_TEMP + "*")]
+        temp = [*Path(shards).glob(BEAM_TEMP + "*"), *Path(errors).glob(BEAM_TEMP + "*")]
         folders = [str(f) for f in temp if f.is_dir() and stale(str(f), f.stat().st_mtime)]
     if deleted:
         FileSystems.delete(deleted)
@@ -415,10 +393,14 @@ def _discard(job: FeatureJob, written: Written) -> None:
         log.warning("could not remove the files of run %s (%s)", job.run_id, error)
 
 
-def run_features(
-    args: argparse.Namespace, beam_args: list[str], test_pipeline: beam.Pipeline | None = None
-) -> dict[str, Any]:
-    """Run the features job and commit it; returns its summary (the spec keeps the counts)."""
+def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
+    """Run the features job and commit it; returns its summary (the spec keeps the counts).
+    ``argv``: the job's flags (``pipelines.options.FeatureOptions``) and Beam's."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The caption job's flags mean nothing here: --skip-existing is an error, not ignored.
+    check_beam_flags(argv, exclude=[CaptionOptions])
+    options = PipelineOptions(argv)
+    args = options.view_as(FeatureOptions)
     job = resolve_job(args)
     spec = prepare_outputs(job)
     log.info(
@@ -431,7 +413,7 @@ def run_features(
         spec.feature_shape,
     )
     started = time.monotonic()
-    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(beam_args))
+    pipeline = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(pipeline, job)
     pipeline.run().wait_until_finish()
     seconds = time.monotonic() - started
@@ -466,16 +448,6 @@ def run_features(
         "wall_seconds": round(seconds, 2),
         "images_per_second": round(counts["features"] / seconds, 2) if seconds > 0 else None,
     }
-
-
-def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
-    """``captioning features`` flags plus Beam options, as one argument list."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.feature_pipeline", allow_abbrev=False
-    )
-    add_arguments(parser)
-    args, beam_args = parser.parse_known_args(argv)
-    return run_features(args, beam_args, test_pipeline)
 
 
 if __name__ == "__main__":

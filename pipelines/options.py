@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from captioning import precision
 from captioning.errors import EXIT_ERROR_RATE, UserError
+from captioning.model_flags import add_model_flags
 from captioning.tables import DEFAULT_RETENTION_HOURS
 
 # A nightly run over a real archive loses a few files to corruption; far more than that
@@ -68,9 +69,79 @@ def normalize_dry_run(argv: Sequence[str]) -> list[str]:
     return result
 
 
+class _OnlyOnce:
+    """A parser's ``add_argument`` that skips a flag the parser has already. Beam parses
+    the flags of every options class with one parser (``get_all_options``), where a
+    flag declared twice is an error, and each class alone when viewed (``view_as``),
+    where each needs it: so the flags both jobs share are declared by both, once."""
+
+    def __init__(self, parser) -> None:
+        self.parser = parser
+
+    def add_argument(self, *names: str, **kwargs):
+        if any(name in self.parser._option_string_actions for name in names):
+            return None
+        return self.parser.add_argument(*names, **kwargs)
+
+
+def add_job_flags(parser) -> None:
+    """Flags both Beam jobs (caption, features) take, with one meaning."""
+    parser = _OnlyOnce(parser)
+    parser.add_argument(
+        "--output",
+        required=False,
+        help="output folder (local or gs://) in the layout of captioning.run_layout",
+    )
+    parser.add_argument(
+        "--retention-hours",
+        "--retention_hours",
+        dest="retention_hours",
+        type=int,
+        default=DEFAULT_RETENTION_HOURS,
+        help="earlier table versions stay readable this long, then are vacuumed; files "
+        "of killed runs are removed after it too (default "
+        f"{DEFAULT_RETENTION_HOURS}, a week; keep it longer than a run takes)",
+    )
+    parser.add_argument(
+        "--min-batch-size", "--min_batch_size", dest="min_batch_size", type=int, default=8
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        "--max_batch_size",
+        dest="max_batch_size",
+        type=int,
+        help="default 64 on CPU, 128 with --gpu (features: 64)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=precision.CHOICES,
+        help="dtype policy of the model (default: the bundle's for caption, the preset's "
+        "training precision for features; auto = bf16 where the CPU or GPU has it)",
+    )
+    parser.add_argument(
+        "--decode-timeout",
+        "--decode_timeout",
+        dest="decode_timeout",
+        type=float,
+        default=30.0,
+        help="seconds one image may take to decode before it is an error",
+    )
+    parser.add_argument(
+        "--no-decode-isolation",
+        "--no_decode_isolation",
+        dest="decode_isolation",
+        action="store_false",
+        help="decode in the worker process itself (faster to start; a decoder crash "
+        "then takes the worker down)",
+    )
+
+
 class CaptionOptions(PipelineOptions):
+    """The caption job's flags (``captioning caption``)."""
+
     @classmethod
     def _add_argparse_args(cls, parser):
+        add_job_flags(parser)
         parser.add_argument(
             "--input",
             action="append",
@@ -133,12 +204,6 @@ class CaptionOptions(PipelineOptions):
             help="fetch images whose server sends X-Robots-Tag: noai or noimageai (by "
             "default they are error rows, as img2dataset does)",
         )
-        parser.add_argument(
-            "--output",
-            required=False,
-            help="output folder (local or gs://): DIR/captions and DIR/errors are Delta "
-            "tables, DIR/summary.json the run summary (captioning.run_layout)",
-        )
         parser.add_argument("--model", help="model bundle directory (local or gs://)")
         _add_yes_no(
             parser,
@@ -171,16 +236,6 @@ class CaptionOptions(PipelineOptions):
             "--expect_model_id",
             dest="expect_model_id",
             help="refuse the bundle unless its verified content hash is this model id",
-        )
-        parser.add_argument(
-            "--retention-hours",
-            "--retention_hours",
-            dest="retention_hours",
-            type=int,
-            default=DEFAULT_RETENTION_HOURS,
-            help="earlier table versions stay readable this long, then are vacuumed; files "
-            "of killed runs are removed after it too (default "
-            f"{DEFAULT_RETENTION_HOURS}, a week; keep it longer than a run takes)",
         )
         _add_yes_no(
             parser,
@@ -223,41 +278,25 @@ class CaptionOptions(PipelineOptions):
             help="beams per image (1 = greedy; default: the bundle's)",
         )
         parser.add_argument(
-            "--min-batch-size", "--min_batch_size", dest="min_batch_size", type=int, default=8
-        )
-        parser.add_argument(
-            "--max-batch-size",
-            "--max_batch_size",
-            dest="max_batch_size",
-            type=int,
-            help="default 64 on CPU, 128 with --gpu",
-        )
-        parser.add_argument(
-            "--precision",
-            choices=precision.CHOICES,
-            help="dtype policy for inference (default: the bundle's, normally auto: bf16 where "
-            "the CPU or GPU has it)",
-        )
-        parser.add_argument(
-            "--decode-timeout",
-            "--decode_timeout",
-            dest="decode_timeout",
-            type=float,
-            default=30.0,
-            help="seconds one image may take to decode before it is an error",
-        )
-        parser.add_argument(
-            "--no-decode-isolation",
-            "--no_decode_isolation",
-            dest="decode_isolation",
-            action="store_false",
-            help="decode in the worker process itself (faster to start; a decoder crash "
-            "then takes the worker down)",
-        )
-        parser.add_argument(
             "--job-spec-out",
             "--job_spec_out",
             dest="job_spec_out",
             help="with --dry_run: write the job description (JSON) here instead of running; "
             "with DataflowRunner it is the Dataflow job Beam would submit, made offline",
         )
+
+
+class FeatureOptions(PipelineOptions):
+    """The features job's flags (``captioning features``): the captioned dataset and the
+    model settings it must share with training (``captioning.model_flags``)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add_job_flags(parser)
+        parser.add_argument(
+            "--captions",
+            help="captions file (COCO/Karpathy JSON, Flickr8k token file, or CSV with "
+            "image,caption)",
+        )
+        parser.add_argument("--images", help="directory holding the images (local or gs://)")
+        add_model_flags(parser)

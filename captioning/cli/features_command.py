@@ -1,10 +1,11 @@
 """``captioning features``: frozen-backbone features of a captioned dataset, by a Beam job.
 
+The flags are the pipeline's own (``pipelines.options.FeatureOptions``) plus any Beam
+runner option; this command only hands them on, as ``caption`` does.
+
 ``captioning train --features DIR`` then trains from the shards instead of
 running the backbone itself, so preprocessing a large training set is spread
-over Beam workers. Flags the command does not know pass through to Beam
-(``--runner``, ``--project``, ``--direct_num_workers``...), as for ``caption``.
-Beam is imported only when the command runs.
+over Beam workers. Beam is imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -12,12 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-
-from captioning import precision
-from captioning.cli.model_flags import add_model_flags
-
-# captioning.tables' default, without importing deltalake to build the parser.
-DEFAULT_RETENTION_HOURS = 168
 
 HELP = """\
 Compute the frozen InceptionV3 features of every image in a captions file (all splits)
@@ -32,59 +27,31 @@ run, whole, and a killed run changes nothing they read. After its commit a run d
 the previous run's files, and files of runs that never committed once they are older
 than --retention-hours.
 
+required:
+  --captions FILE         COCO/Karpathy JSON, Flickr8k token file, or CSV (image,caption)
+  --images DIR            directory holding the images (local or gs://)
+  --output DIR            folder for the features (local or gs://); a rerun replaces them
+                          when it commits
+
+options (each also spelt with underscores, --image_size):
+  --format F              coco | karpathy | flickr8k | csv (inferred when omitted)
+  --preset P              production (default) | demo | tiny
+  --image-size PX         square input size (>= 75)
+  --backbone-weights W    imagenet | none | PATH of a local InceptionV3 weights file
+  --precision P           auto | float32 | mixed_bfloat16 | mixed_float16 (default: the
+                          preset's training precision)
+  --min-batch-size N      (default 8)   --max-batch-size N (default 64)
+  --decode-timeout S      seconds per image decode before it becomes an error (default 30)
+  --retention-hours H     files of runs that never committed, and earlier versions of the
+                          errors table, are kept H hours (default 168); 0 removes them when
+                          the run commits, for when no other features run writes to DIR
+  --no-decode-isolation   decode in the worker process instead of a guarded subprocess
+
 Use the same --preset, --image-size and --backbone-weights you will train with.
 Beam options pass through, e.g. --runner DirectRunner --direct_num_workers 2
 --direct_running_mode multi_processing, or --runner DataflowRunner --project P --region R
 --temp_location gs://... --sdk_container_image IMAGE.
 """
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command's own flags (shared with ``python -m pipelines.feature_pipeline``)."""
-    parser.add_argument(
-        "--captions",
-        required=True,
-        help="captions file (COCO/Karpathy JSON, Flickr8k token file, or CSV with image,caption)",
-    )
-    parser.add_argument(
-        "--images", required=True, help="directory holding the images (local or gs://)"
-    )
-    parser.add_argument(
-        "--output",
-        required=True,
-        metavar="DIR",
-        help="folder for the features (local or gs://); a rerun replaces them when it commits",
-    )
-    add_model_flags(parser)
-    parser.add_argument(
-        "--precision",
-        choices=precision.CHOICES,
-        help="dtype policy of the backbone (default: the preset's training precision; "
-        "auto = bf16 where the launching machine has it)",
-    )
-    parser.add_argument("--min-batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument(
-        "--decode-timeout",
-        type=float,
-        default=30.0,
-        help="seconds one image may take to decode before it is an error",
-    )
-    parser.add_argument(
-        "--retention-hours",
-        type=int,
-        default=DEFAULT_RETENTION_HOURS,
-        metavar="H",
-        help="files of runs that never committed, and earlier versions of the errors "
-        f"table, are kept H hours (default {DEFAULT_RETENTION_HOURS}); 0 removes them "
-        "when the run commits, for when no other features run writes to DIR",
-    )
-    parser.add_argument(
-        "--no-decode-isolation",
-        dest="decode_isolation",
-        action="store_false",
-        help="decode in the worker process itself instead of a guarded subprocess",
-    )
 
 
 def add_parser(subparsers) -> None:
@@ -98,22 +65,13 @@ def add_parser(subparsers) -> None:
         usage="captioning features --captions FILE --images DIR --output DIR [options] "
         "[Beam options]",
     )
-    add_arguments(parser)
     parser.set_defaults(run=run, passthrough=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    # The pipeline module first: every options class the job reads is then defined.
-    from pipelines.feature_pipeline import run_features
-    from pipelines.options import CaptionOptions
-    from pipelines.unknown_flags import check_beam_flags
+    from pipelines.feature_pipeline import run as run_features
 
-    # Our own flags were parsed out already; they only feed "did you mean". The caption
-    # job's options mean nothing here, so e.g. --skip-existing is an error, not ignored.
-    own = argparse.ArgumentParser(add_help=False)
-    add_arguments(own)
-    check_beam_flags(args.beam_args, own_flags=own._option_string_actions, exclude=[CaptionOptions])
-    summary = run_features(args, args.beam_args)
+    summary = run_features(args.beam_args)
     json.dump(summary, sys.stdout, indent=2, default=str)
     print()
     return 0

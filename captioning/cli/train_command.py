@@ -9,7 +9,7 @@ import logging
 import sys
 
 from captioning import precision
-from captioning.cli.model_flags import add_model_flags, apply_model_flags
+from captioning.model_flags import add_model_flags, apply_model_flags
 
 log = logging.getLogger("captioning.train")
 

@@ -121,7 +121,7 @@ def test_what_beam_would_not_parse_is_an_error(argv, message):
 def test_features_does_not_take_the_caption_jobs_options():
     with pytest.raises(UserError, match="unknown option --skip-existing"):
         check_beam_flags(["--skip-existing"], exclude=[CaptionOptions])
-    with pytest.raises(UserError, match=r"did you mean --decode-timeout\?"):
+    with pytest.raises(UserError, match=r"did you mean --decode_timeout\?"):
         check_beam_flags(
             ["--decode_timout", "3"], own_flags=["--decode-timeout"], exclude=[CaptionOptions]
         )

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from captioning import run_layout, tables
-from captioning.cli import features_command
 from captioning.cli.main import main
 from captioning.data.formats import read_captions
 from captioning.data.synthetic_scenes import generate_scenes
@@ -32,6 +32,7 @@ from captioning.training.feature_shards import open_feature_shards
 from captioning.training.feature_spec import read_spec
 from captioning.training.trainer import build_captioner
 from pipelines.feature_pipeline import feature_config, remove_stale_runs, run
+from pipelines.options import FeatureOptions
 
 BROKEN, MISSING = "broken.png", "missing.png"
 
@@ -121,7 +122,11 @@ def test_every_image_ends_in_the_shards_or_the_errors_table(dataset, feature_run
     assert spec.errors_version == tables.version(run_layout.errors_table(output))
     # What the run needed only while it ran is gone: its input list, Beam's temp folders.
     assert not list(Path(output).rglob("inputs-*")) and not list(Path(output).rglob("beam-temp-*"))
-    assert features_command.DEFAULT_RETENTION_HOURS == tables.DEFAULT_RETENTION_HOURS
+    # The job's default retention is the tables' own.
+    assert (
+        PipelineOptions([]).view_as(FeatureOptions).retention_hours
+        == tables.DEFAULT_RETENTION_HOURS
+    )
 
 
 def trainer_features(

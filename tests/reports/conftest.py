@@ -18,7 +18,7 @@ from captioning import run_layout, tables
 from captioning.data.synthetic_scenes import generate_scenes
 from captioning.evaluation.per_image import per_image_rows, write_per_image_csv
 from pipelines import metrics as metric_names
-from pipelines.run_summary import build_summary
+from pipelines.launcher import build_summary
 from tests.images import awkward_files
 
 RUN_ID = "20260101T000000-abcdef"

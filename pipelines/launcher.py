@@ -1,10 +1,16 @@
-"""The JSON summary written to ``DIR/summary.json`` after each run, from its Beam metrics."""
+"""What both Beam jobs (caption, features) do the same way around their pipeline: name
+the run, total its Beam metrics into a summary, write a file whole, and clean up the
+temporary folders of runs that never finished.
+"""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import tempfile
+import uuid
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -14,8 +20,17 @@ from captioning import run_layout
 from captioning.sources.uris import is_local
 from pipelines import metrics as names
 
+# "<UTC stamp>-<6 hex>": sorts by start time; every file a run writes carries it.
+RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{6}")
+BEAM_TEMP = "beam-temp-"
 
-def counters(result) -> dict[str, int]:
+
+def new_run_id() -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def metric_totals(result) -> dict[str, int]:
     """Committed (else attempted) counter values of our namespace, summed over steps."""
     query = result.metrics().query(MetricsFilter().with_namespace(names.NAMESPACE))
     totals: dict[str, int] = {}
@@ -29,14 +44,21 @@ def counters(result) -> dict[str, int]:
     return totals
 
 
-def build_summary(
-    totals: dict[str, int], seconds: float, model_id: str, run_id: str, output: str
-) -> dict[str, Any]:
+def errors_by_stage(totals: dict[str, int]) -> dict[str, dict[str, int]]:
+    """stage -> error type -> count, from the ``errors.<stage>.<type>`` counters."""
     errors: dict[str, dict[str, int]] = {}
-    for name, value in totals.items():
+    for name, value in sorted(totals.items()):
         if name.startswith(names.ERRORS_PREFIX) and value:
             _, stage, error_type = name.split(".", 2)
             errors.setdefault(stage, {})[error_type] = value
+    return errors
+
+
+def build_summary(
+    totals: dict[str, int], seconds: float, model_id: str, run_id: str, output: str
+) -> dict[str, Any]:
+    """The caption job's summary (``DIR/summary.json``)."""
+    errors = errors_by_stage(totals)
     error_total = sum(sum(kinds.values()) for kinds in errors.values())
     captioned = totals.get(names.IMAGES_CAPTIONED, 0)
     inputs = captioned + error_total
@@ -63,17 +85,29 @@ def build_summary(
     }
 
 
-def write_summary(summary: dict[str, Any], output: str) -> str:
-    """Write ``DIR/summary.json`` whole or not at all (a reader never sees half of it)."""
-    path = run_layout.summary_path(output)
-    data = json.dumps(summary, indent=2).encode()
-    if is_local(path):
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".tmp") as handle:
+def write_whole(path: str, data: bytes, mime_type: str = "application/json") -> None:
+    """Write ``path`` whole or not at all, so a reader (or a kill) never meets half of it:
+    locally a temporary file beside it, synced and renamed over it (``os.replace`` is
+    atomic on one filesystem); on an object store one object write, visible whole."""
+    if not is_local(path):
+        with FileSystems.create(path, mime_type=mime_type) as handle:
             handle.write(data)
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".tmp") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
         os.replace(handle.name, path)
-    else:  # an object store replaces an object whole
-        with FileSystems.create(path, mime_type="application/json") as handle:
-            handle.write(data)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+
+
+def write_summary(summary: dict[str, Any], output: str) -> str:
+    """Write ``DIR/summary.json``, whole."""
+    path = run_layout.summary_path(output)
+    write_whole(path, json.dumps(summary, indent=2).encode())
     return path

@@ -1,4 +1,4 @@
-"""Flags ``train`` and ``features`` share: the captions format, the preset, and the image
+"""Flags the trainer and the features job share: the captions format, the preset, and the image
 and backbone settings, with one place that applies them to a preset's captioner config.
 
 Features must be computed with exactly the settings training uses, so both commands
@@ -29,9 +29,19 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset", default="production", choices=("production", "demo", "tiny"), help=PRESET_HELP
     )
-    parser.add_argument("--image-size", type=int, help="square input size in pixels (>= 75)")
+    # Both spellings, as every Beam job flag: a Dataflow flex template passes --name=value.
     parser.add_argument(
-        "--backbone-weights", help="imagenet | none | PATH of a local InceptionV3 weights file"
+        "--image-size",
+        "--image_size",
+        dest="image_size",
+        type=int,
+        help="square input size in pixels (>= 75)",
+    )
+    parser.add_argument(
+        "--backbone-weights",
+        "--backbone_weights",
+        dest="backbone_weights",
+        help="imagenet | none | PATH of a local InceptionV3 weights file",
     )
 
 
