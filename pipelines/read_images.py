@@ -17,7 +17,7 @@ from apache_beam.metrics import Metrics
 
 from captioning.sources import uris as uri_kinds
 from captioning.sources.http_fetch import HttpFetcher, HttpSettings
-from captioning.sources.read_limits import read_limited, read_local_file
+from captioning.sources.read_limits import read_limited, read_local_file, refuse_special_file
 from captioning.sources.tar_shards import ShardError, read_shard
 from pipelines.error_rows import DeadLettersToErrorRows, counted_error_row
 from pipelines.metrics import IMAGES_READ, INPUTS, NAMESPACE
@@ -137,9 +137,13 @@ class ReadShardMembers(beam.DoFn):
 
     def process(self, shard: str):
         try:
+            if uri_kinds.is_local(shard):
+                # A FIFO or device named like a shard is refused before it is opened.
+                refuse_special_file(shard)
             handle = FileSystems.open(shard, compression_type="uncompressed")
         except Exception as error:  # noqa: BLE001 - an unreadable shard is an error row
-            yield _read_failed(shard, type(error).__name__, str(error))
+            error_type = getattr(error, "error_type", None) or type(error).__name__
+            yield _read_failed(shard, error_type, str(error))
             return
         with handle:
             for item in read_shard(handle, shard, self.settings.max_bytes):

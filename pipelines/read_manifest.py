@@ -174,8 +174,8 @@ class ReadManifest(beam.PTransform):
 
     def expand(self, pipeline):
         kind = manifest_kind(self.path)
-        if self.validate:
-            check_manifest(self.path, self.column)
+        if self.validate and kind == "parquet":
+            check_manifest(self.path, self.column)  # CSV and TSV: by column_position below
         if kind == "parquet":
             rows = pipeline | "ReadParquetManifest" >> beam.io.ReadFromParquet(
                 self.path, columns=[self.column], validate=self.validate

@@ -66,6 +66,13 @@ def read_limited(handle: BinaryIO, uri: str, max_bytes: int, timeout_s: float) -
             raise ReadTimeoutError(f"{uri}: reading took longer than {timeout_s:g} s")
 
 
+def refuse_special_file(path: str) -> None:
+    """NotAFileError unless ``path`` is a regular file (checked without opening it)."""
+    kind = _kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise NotAFileError(f"{path} is {kind}, not a file")
+
+
 def read_local_file(path: str, max_bytes: int, timeout_s: float) -> bytes:
     """The bytes of a regular file; NotAFileError, InputTooLargeError or ReadTimeoutError
     otherwise (and the usual OSError for a missing or unreadable file)."""

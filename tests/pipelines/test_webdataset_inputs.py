@@ -6,6 +6,7 @@ plus one for the shard."""
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -90,10 +91,15 @@ def shards(scenes, tmp_path_factory):
 
 def test_local_shards_with_a_corrupt_member_and_a_truncated_shard(shards, tiny_bundle, tmp_path):
     folder, expected = shards
-    summary = _run(str(folder / "shard-{000..002}.tar"), tmp_path / "out", tiny_bundle)
-    captions, errors = _check(tmp_path / "out", expected, "", "")
+    fifo = tmp_path / "fifo.tar"  # a FIFO named like a shard must not hang the job
+    os.mkfifo(fifo)
+    summary = _run(
+        str(folder / "shard-{000..002}.tar"), tmp_path / "out", tiny_bundle, "--input", str(fifo)
+    )
+    captions, errors = _check(tmp_path / "out", {**expected, str(fifo): "NotAFile"}, "", "")
     assert summary["captioned"] == len(captions) == 2 * PER_SHARD - 1 + 3
-    assert summary["errors"] == len(errors) == 3  # corrupt member, cut member, the shard
+    # The corrupt member, the cut member, the cut shard, and the FIFO.
+    assert summary["errors"] == len(errors) == 4
 
     # A nightly rerun reads the shards again but captions no member twice.
     rerun = _run(str(folder / "shard-*.tar"), tmp_path / "out", tiny_bundle, "--skip-existing")
