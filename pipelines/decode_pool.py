@@ -8,7 +8,7 @@ inputs. Each image is decoded in a worker process of a pool, so that:
   one that crashes again becomes an error row (``DecoderCrashed``);
 - a decoder that *hangs* is killed once it has spent ``timeout`` seconds on one image
   (``DecodeTimeout``), counted from when the decoder started that image, not from when
-  it was queued (``_decode``);
+  it was queued, nor while the decoder process itself was still starting (``_decode``);
 - decoding *overlaps* with inference: up to ``window`` images are submitted ahead, so
   while the main thread runs the model on one batch the pool decodes the next;
 - decoders *die with the job*: a SIGKILLed Beam worker or ``captioning caption`` leaves
@@ -120,15 +120,31 @@ class _SpawnContext(multiprocessing.context.SpawnContext):
 # QueryPerformanceCounter on Windows) is one clock for the whole machine, so a decoder's
 # stamp compares with the parent's own readings, and unlike time.time() it never jumps.
 
+#
+# Starting a decoder is not decoding either. A spawned process imports Python, NumPy and
+# the decode function's module (Pillow and its plugins) before it can take an image, and
+# on a busy worker (TensorFlow loading on the other core, say) that alone has taken
+# longer than a short timeout. So the function travels with the initializer, which
+# imports it and then stamps READY; until a decoder is ready the oldest image is allowed
+# ``max(timeout, STARTUP_SECONDS)``.
+
 _START_POLL_SECONDS = 0.05  # how often the parent looks for the oldest image's stamp
+STARTUP_SECONDS = 120.0  # a decoder not ready after this is broken, not slow
+_READY = -1  # the "attempt" of a decoder's ready stamp; real attempts count from 0
 _stamps: multiprocessing.queues.SimpleQueue | None = None  # in a decoder: its pool's
 
 
-def _init_decoder(parent_pid: int, stamps: multiprocessing.queues.SimpleQueue) -> None:
-    """Pool initializer, run in each decoder."""
+def _init_decoder(
+    parent_pid: int,
+    stamps: multiprocessing.queues.SimpleQueue,
+    function: Callable[[Any], Any],
+) -> None:
+    """Pool initializer, run in each decoder; ``function`` is passed only to import it."""
     global _stamps
     _stamps = stamps
     _die_with_parent(parent_pid)
+    del function  # unpickling it, before this ran, imported its module
+    stamps.put((_READY, time.monotonic()))
 
 
 def _decode(function: Callable[[Any], Any], attempt: int, payload: Any) -> Any:
@@ -211,6 +227,7 @@ class DecodePool:
         # The current pool's stamps, and the start times read from them, by attempt.
         self._stamps: multiprocessing.queues.SimpleQueue | None = None
         self._started: dict[int, float] = {}
+        self._ready_at: float | None = None  # when the latest decoder became ready
 
     # === Pool lifecycle ===
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
@@ -223,7 +240,7 @@ class DecodePool:
                 self.processes,
                 mp_context=context,
                 initializer=_init_decoder,
-                initargs=(os.getpid(), self._stamps),
+                initargs=(os.getpid(), self._stamps, self.function),
             )
         return self._pool
 
@@ -243,6 +260,7 @@ class DecodePool:
             self._stamps.close()
         self._stamps = None
         self._started.clear()
+        self._ready_at = None
 
     def close(self) -> None:
         self._kill()
@@ -269,8 +287,11 @@ class DecodePool:
         # either. A stamp is a single write that small, which a pipe takes whole: a
         # decoder dying mid-put cannot leave half a stamp for get() to wait on.
         while self._stamps is not None and not self._stamps.empty():
-            attempt, started = self._stamps.get()
-            self._started[attempt] = started
+            attempt, stamped = self._stamps.get()
+            if attempt == _READY:
+                self._ready_at = max(self._ready_at or stamped, stamped)
+            else:
+                self._started[attempt] = stamped
 
     def _wait(self, item: _InFlight) -> bool:
         """Wait for ``item``, which must be the oldest in flight; False if it ran out of time.
@@ -278,8 +299,8 @@ class DecodePool:
         An image's deadline is ``timeout`` after a decoder started it. One not started
         yet has none, with one exception: decoders take work in order and everything
         queued before ``item`` has finished, so a free decoder takes it at once. If none
-        has after ``timeout``, the decoders are stuck (or never started) and only a new
-        pool helps.
+        has ``timeout`` after a decoder was ready (or ``STARTUP_SECONDS`` after we began
+        waiting, while none is), the decoders are stuck and only a new pool helps.
         """
         waiting_since = time.monotonic()
         while True:
@@ -292,9 +313,12 @@ class DecodePool:
                 return True
             started = self._started.get(item.attempt)
             if started is not None:
-                remaining = started + self.timeout - time.monotonic()
+                deadline = started + self.timeout
+            elif self._ready_at is not None:
+                deadline = max(waiting_since, self._ready_at) + self.timeout
             else:
-                remaining = waiting_since + self.timeout - time.monotonic()
+                deadline = waiting_since + max(self.timeout, STARTUP_SECONDS)
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             if started is None:

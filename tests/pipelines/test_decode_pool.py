@@ -7,6 +7,8 @@ decoder that has spent ``timeout`` on one image is hung.
 
 from __future__ import annotations
 
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -55,6 +57,31 @@ def test_images_waiting_for_a_decoder_do_not_time_out():
     timed_out = sorted((key for key, row in rows.items() if row[1] is not None), key=int)
     assert timed_out == [], f"legal images reported as errors: {timed_out}"
     assert {key: row[0] for key, row in rows.items()} == {str(i): i for i in range(20)}
+
+
+def test_a_decoder_slow_to_start_does_not_time_out_its_first_images(tmp_path, monkeypatch):
+    # The decode function's module takes three timeouts to import in each decoder, as
+    # Pillow and NumPy can on a busy worker. Starting is not decoding: nothing times out.
+    (tmp_path / "slow_to_import.py").write_text(
+        textwrap.dedent(f"""
+            import multiprocessing, time
+            if multiprocessing.parent_process() is not None:  # only in the decoders
+                time.sleep({3 * TIMEOUT})
+            def decode(payload):
+                time.sleep(0.1)
+                return payload
+            """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned decoders inherit sys.path
+    from slow_to_import import decode
+
+    pool = DecodePool(decode, processes=2, window=20, timeout=TIMEOUT)
+    try:
+        rows = _run(pool, [(str(i), i) for i in range(6)])
+    finally:
+        sys.modules.pop("slow_to_import", None)
+    assert {key: row[1] for key, row in rows.items() if row[1] is not None} == {}
+    assert {key: row[0] for key, row in rows.items()} == {str(i): i for i in range(6)}
 
 
 def test_a_hung_decoder_is_killed_timeout_after_it_started_the_image(tmp_path):
