@@ -96,7 +96,7 @@ def save_bundle(captioner, vocabulary: Vocabulary, config: CaptionerConfig, out_
             model_id = save_bundle(captioner, vocabulary, config, local)
             storage.upload_tree(Path(local), str(out_dir))
             return model_id
-    out = Path(out_dir)
+    out = Path(storage.local_path(out_dir))
     out.mkdir(parents=True, exist_ok=True)
     captioner.save(out / MODEL_FILE)
     (out / VOCABULARY_FILE).write_text(vocabulary.to_json())
@@ -110,7 +110,7 @@ def save_bundle(captioner, vocabulary: Vocabulary, config: CaptionerConfig, out_
 
 def verify_bundle(path: str) -> str:
     """Check every file against the manifest; return the model id or raise BundleError."""
-    root = Path(path)
+    root = Path(storage.local_path(path))
     if not root.is_dir():
         raise BundleError(f"model bundle {path} does not exist or is not a directory")
     try:
@@ -204,7 +204,7 @@ def load_bundle(path: str, precision: str | None = None) -> LoadedBundle:
     from captioning.precision import dtype_policy, resolve_precision
 
     model_id = verify_bundle(path)
-    root = Path(path)
+    root = Path(storage.local_path(path))
     check_model_archive(root / MODEL_FILE)
     try:
         vocabulary = Vocabulary.from_json((root / VOCABULARY_FILE).read_text())

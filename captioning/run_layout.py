@@ -28,6 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from captioning.errors import UserError
+from captioning.storage.schemes import is_remote, local_path
 
 CAPTIONS_TABLE = "captions"
 ERRORS_TABLE = "errors"
@@ -71,9 +72,9 @@ ERRORS_SCHEMA = pa.schema(
 def output_folder(output: str, holds: str) -> str:
     """``--output`` as the jobs use it: a local folder made absolute (``file://`` too), a
     bucket folder as given. A local file there is a user mistake."""
-    if "://" in output and not output.startswith("file://"):
+    if is_remote(output):
         return output.rstrip("/")
-    path = Path(output.removeprefix("file://")).absolute()
+    path = Path(local_path(output)).absolute()
     if path.exists() and not path.is_dir():
         raise UserError(f"--output {output} is a file; it names a folder that holds {holds}")
     return str(path)

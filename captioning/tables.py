@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from captioning.errors import CommitConflictError, UserError
+from captioning.storage.schemes import is_gcs, is_local, local_path
 
 log = logging.getLogger("captioning.tables")
 
@@ -58,7 +59,7 @@ def storage_options(uri: str) -> dict[str, str] | None:
     endpoint = os.environ.get("CAPTIONING_GCS_XML_ENDPOINT") or os.environ.get(
         "STORAGE_EMULATOR_HOST"
     )
-    if uri.startswith("gs://") and endpoint:
+    if is_gcs(uri) and endpoint:
         # object_store's way to an emulator: a service-account key naming the endpoint,
         # with OAuth off (no token request to Google, no metadata server).
         key = {
@@ -73,10 +74,8 @@ def storage_options(uri: str) -> dict[str, str] | None:
 
 
 def _table_uri(uri: str) -> str:
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    if "://" not in uri:
-        return os.path.abspath(uri)
+    if is_local(uri):
+        return os.path.abspath(local_path(uri))
     return uri.rstrip("/")
 
 

@@ -1,5 +1,5 @@
-"""Copying a model bundle from any Beam filesystem (gs://, local) to local disk, once per
-worker, and checking that it is the bundle the job expects.
+"""Copying a model bundle from gs:// to local disk (through ``captioning.storage``), once
+per worker, and checking that it is the bundle the job expects.
 
 A remote bundle is staged into a private per-user cache (mode 0700, owned by this
 user: on a shared machine nobody else can plant or swap a bundle there). It is
@@ -25,9 +25,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-
+from captioning import storage
 from captioning.bundle import CONTENT_FILES, MANIFEST_FILE, verify_bundle
 from captioning.errors import BundleError
 
@@ -46,15 +44,17 @@ def stage_bundle(
 ) -> str:
     """A local directory holding the verified bundle at ``uri``.
 
-    Local bundles are used in place (verified only when ``expected_model_id`` is given;
+    Local bundles (a path or ``file://``) are used in place, as a path (verified only
+    when ``expected_model_id`` is given;
     ``load_bundle`` verifies them anyway). Remote ones are staged into ``cache_dir``
     (default ``default_cache_dir()``). With ``expected_model_id``, a bundle whose
     verified model id differs is refused with ``BundleError``.
     """
-    if FileSystems.get_scheme(uri) is None:
+    if storage.is_local(uri):
+        path = storage.local_path(uri)
         if expected_model_id is not None:
-            _refuse_unexpected(uri, verify_bundle(uri), expected_model_id)
-        return uri
+            _refuse_unexpected(uri, verify_bundle(path), expected_model_id)
+        return path
     root = _private_dir(Path(cache_dir) if cache_dir is not None else default_cache_dir())
     declared = _declared_model_id(uri)
     if expected_model_id is not None:
@@ -104,8 +104,7 @@ def check_model_id(uri: str, expected: str, cache_dir: str | os.PathLike | None 
 
 def read_model_id(uri: str) -> str:
     """The bundle's model id from its manifest, without loading the model."""
-    with FileSystems.open(FileSystems.join(uri, MANIFEST_FILE)) as handle:
-        return json.loads(handle.read())["model_id"]
+    return json.loads(storage.read_bytes(storage.join(uri, MANIFEST_FILE)))["model_id"]
 
 
 def _refuse_unexpected(uri: str, model_id: str, expected: str) -> None:
@@ -130,16 +129,8 @@ def _declared_model_id(uri: str) -> str:
 def _download(uri: str, local: Path) -> None:
     """Copy exactly the bundle's files; a missing one is left for verify_bundle to name."""
     for name in (*CONTENT_FILES, MANIFEST_FILE):
-        path = FileSystems.join(uri, name)
-        if not FileSystems.exists(path):
-            continue
-        # UNCOMPRESSED: the bytes as stored, which is what the manifest hashed.
-        with (
-            FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as reader,
-            open(local / name, "wb") as writer,
-        ):
-            while block := reader.read(1 << 22):
-                writer.write(block)
+        # The bytes as stored (no decompression), which is what the manifest hashed.
+        storage.download_file(storage.join(uri, name), local / name)
 
 
 def _private_dir(root: Path) -> Path:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from captioning import storage
 from captioning.config import CaptionerConfig
 from captioning.models.image_encoder import FEATURE_DTYPE, ImageEncoder
 from captioning.precision import dtype_policy
@@ -46,9 +46,7 @@ class FeatureModelHandler(ModelHandler[dict, PredictionResult, ImageEncoder]):
         with tempfile.TemporaryDirectory() as local:
             # Keras reads weights files from local disk only.
             staged = str(Path(local) / "backbone.weights.h5")
-            with FileSystems.open(self.backbone_weights_uri) as reader, open(staged, "wb") as out:
-                while block := reader.read(1 << 22):
-                    out.write(block)
+            storage.copy_file(self.backbone_weights_uri, staged)
             encoder.backbone.load_weights(staged)
         return encoder
 

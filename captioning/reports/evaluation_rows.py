@@ -14,9 +14,9 @@ import io
 import math
 from dataclasses import dataclass
 
+from captioning import storage
 from captioning.errors import UserError
 from captioning.evaluation.per_image import PER_IMAGE_COLUMNS, REFERENCE_SEPARATOR
-from captioning.reports import storage
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class EvaluationWorst:
 
 
 def _image_uri(image: str, images_dir: str | None) -> str:
-    if images_dir is None or storage.is_remote(image) or image.startswith("/"):
+    # A URI of any scheme (file:// too) or an absolute path is where the image is.
+    if images_dir is None or storage.scheme(image) is not None or image.startswith("/"):
         return image
     return f"{images_dir.rstrip('/')}/{image}"
 

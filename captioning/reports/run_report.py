@@ -20,9 +20,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from captioning import run_layout, tables
+from captioning import run_layout, storage, tables
 from captioning.errors import UserError
-from captioning.reports import storage
 from captioning.reports.error_rows import collect_errors
 from captioning.reports.evaluation_rows import read_worst
 from captioning.reports.html_report import ReportContent, ShownImage, render_report
@@ -107,8 +106,7 @@ def _history(uri: str) -> list[dict]:
     """The table's commits, newest first (``tables`` has no history call yet)."""
     from deltalake import DeltaTable
 
-    local = uri[len("file://") :] if uri.startswith("file://") else uri
-    path = local if "://" in local else os.path.abspath(local)
+    path = os.path.abspath(storage.local_path(uri)) if storage.is_local(uri) else uri
     return DeltaTable(path, storage_options=tables.storage_options(uri)).history()
 
 

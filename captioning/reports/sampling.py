@@ -13,6 +13,7 @@ without replacement, and it reuses the same bounded "k smallest" selection.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -20,9 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from captioning import storage
 from captioning.errors import UserError
-from captioning.reports.storage import open_parquet
 
 REQUIRED_COLUMNS = ("image_uri", "caption", "score")
 OPTIONAL_COLUMNS = ("alternatives", "width", "height", "model_id")
@@ -81,6 +83,14 @@ class CaptionSample:
     score_max: float | None = None
     score_mean: float | None = None
     model_ids: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def open_parquet(path: str) -> Iterator[pq.ParquetFile]:
+    """A Parquet file (local or ``gs://``) opened for streaming: the footer first, then
+    one row group at a time."""
+    with storage.open_binary(path) as stream, pq.ParquetFile(stream) as parquet:
+        yield parquet
 
 
 def iter_batches(files: Iterable[str], columns: list[str], batch_size: int) -> Iterator:

@@ -1,6 +1,6 @@
 """Small JPEG thumbnails of the images in a report, or the reason an image cannot be shown.
 
-Bytes are read through ``captioning.reports.storage`` (local or ``gs://``) and decoded by the
+Bytes are read through ``captioning.storage`` (local or ``gs://``) and decoded by the
 project's one decode path, so an image the pipeline refuses is refused here with
 the same error type. Reading runs in threads: the time goes to storage round
 trips and to Pillow, which releases the GIL while it decodes.
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from captioning import storage
 from captioning.images.decode import ImageDecodeError, open_image
-from captioning.reports import storage
 
 THUMBNAIL_PIXELS = 160
 MAX_PIXELS = 50_000_000  # the decoder's default: refuse decompression bombs here too

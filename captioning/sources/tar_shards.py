@@ -45,6 +45,8 @@ from urllib.parse import urlsplit
 
 from braceexpand import braceexpand
 
+from captioning.sources.uris import is_web
+
 IMAGE_EXTENSIONS = frozenset(
     {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif"}
 )
@@ -89,7 +91,7 @@ def is_shard(uri: str) -> bool:
     ends in ``.tar``, ``.tar.gz`` or ``.tgz``, in any case. An http(s) URL is judged by
     its path, so ``https://host/00007.tar?download=true`` is a shard."""
     name = uri
-    if re.match(r"(?i)https?://", uri):
+    if is_web(uri):
         name = urlsplit(uri).path
     return name.lower().endswith(SHARD_SUFFIXES)
 

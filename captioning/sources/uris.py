@@ -10,7 +10,11 @@ says what to do instead.
 from __future__ import annotations
 
 import os
-import re
+
+# The one test of what a URI names (``is_local``, ``scheme``), shared with captioning.storage.
+from captioning.storage.schemes import is_local, local_path, scheme
+
+__all__ = ["UnsupportedUriError", "is_local", "is_web", "normalize", "scheme"]
 
 WEB_SCHEMES = ("http", "https")
 STORED_SCHEMES = ("gs",)
@@ -20,7 +24,6 @@ _ADVICE = {
     "s3": "copy the images to gs:// (Storage Transfer Service) or list presigned "
     "https:// URLs in a manifest",
 }
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class UnsupportedUriError(ValueError):
@@ -29,19 +32,8 @@ class UnsupportedUriError(ValueError):
     error_type = "UnsupportedScheme"
 
 
-def scheme(uri: str) -> str | None:
-    """The URI's scheme, lowercased (``"gs"``, ``"https"``), or None for a plain path."""
-    match = _SCHEME.match(uri)
-    return match.group(1).lower() if match else None
-
-
 def is_web(uri: str) -> bool:
     return scheme(uri) in WEB_SCHEMES
-
-
-def is_local(uri: str) -> bool:
-    """A path on this machine's disk: no scheme, or ``file://``."""
-    return scheme(uri) in (None, "file")
 
 
 def normalize(uri: str, base: str | None = None) -> str:
@@ -53,7 +45,7 @@ def normalize(uri: str, base: str | None = None) -> str:
     if kind in WEB_SCHEMES or kind in STORED_SCHEMES:
         return uri
     if kind == "file":
-        uri = uri[len("file://") :]
+        uri = local_path(uri)
         # file://host/path names another machine; only file:///path is this one's.
         if not uri.startswith("/"):
             raise UnsupportedUriError(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 
 import keras
-import tensorflow as tf
+
+from captioning import storage
 
 
 class SharedBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -29,9 +30,8 @@ class SharedBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 def completed_epochs(backup_dir: str) -> int:
     """Epochs recorded in the checkpoint's metadata (0 for a fresh run)."""
-    path = f"{backup_dir.rstrip('/')}/training_metadata.json"
+    path = storage.join(backup_dir, "training_metadata.json")
     try:
-        with tf.io.gfile.GFile(path) as handle:
-            return int(json.loads(handle.read())["epoch"])
-    except (tf.errors.NotFoundError, ValueError, KeyError):
+        return int(json.loads(storage.read_bytes(path))["epoch"])
+    except (FileNotFoundError, ValueError, KeyError):
         return 0

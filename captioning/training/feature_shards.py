@@ -23,7 +23,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from captioning import run_layout, tables
+from captioning import run_layout, storage, tables
 from captioning.errors import UserError
 from captioning.training.feature_spec import (
     FEATURES_KEY,
@@ -114,7 +114,7 @@ class FeatureShards:
     def load_backbone(self, backbone: keras.Model) -> None:
         """Give ``backbone`` the weights that computed these features."""
         source = run_layout.backbone_path(self.features, self.spec.run_id)
-        if not tf.io.gfile.exists(source):
+        if not storage.exists(source):
             raise UserError(f"--features {self.features}: {source} is missing")
         if file_sha256(source) != self.spec.backbone_sha256:
             raise UserError(
@@ -124,7 +124,7 @@ class FeatureShards:
         with tempfile.TemporaryDirectory() as local:
             # Keras reads weights files from local disk only.
             staged = str(Path(local) / "backbone.weights.h5")
-            tf.io.gfile.copy(source, staged)
+            storage.copy_file(source, staged)
             backbone.load_weights(staged)
 
 
@@ -155,7 +155,7 @@ def _committed_files(features: str, spec: FeatureSpec) -> tuple[list[str], list[
     """The shard and index files the spec names, checked to be there."""
     files = [run_layout.join(features, name) for name in spec.shards]
     index = [run_layout.join(features, name) for name in spec.index]
-    missing = [path for path in [*files, *index] if not tf.io.gfile.exists(path)]
+    missing = [path for path in [*files, *index] if not storage.exists(path)]
     if missing:
         raise UserError(
             f"--features {features}: {len(missing)} files of run {spec.run_id} are missing "
@@ -170,7 +170,7 @@ def open_feature_shards(features: str) -> FeatureShards:
     files, index = _committed_files(features, spec)
     available: set[str] = set()
     for path in index:
-        available.update(line for line in tf.io.gfile.GFile(path).read().splitlines() if line)
+        available.update(line for line in storage.read_bytes(path).decode().splitlines() if line)
     expected = spec.counts.get("features")
     if expected is not None and expected != len(available):
         raise UserError(

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,15 +116,13 @@ def read_spec(features: str) -> FeatureSpec:
     """The committed spec of ``DIR`` (``--features DIR``); a one-line ``UserError`` when
     there is none, or it is not a finished run's."""
     path = run_layout.feature_spec_path(features)
-    # google-cloud-storage, not tf.io.gfile: the same client as every other gs:// read here.
-    remote = storage.is_remote(path)
-    if not (storage.exists(path) if remote else Path(path).is_file()):
+    if not storage.exists(path):
         raise UserError(
             f"--features {features}: no {path} (no features run has committed there); "
             f"run `captioning features --output {features}` first"
         )
     try:
-        text = storage.read_bytes(path).decode() if remote else Path(path).read_text()
+        text = storage.read_bytes(path).decode()
         spec = FeatureSpec.from_json(text)
     except (ValueError, KeyError, TypeError, AttributeError) as error:  # not a spec's JSON
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -159,8 +156,8 @@ def image_name(images: str, uri: str) -> str:
 
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
+    with storage.open_binary(path) as handle:
+        while block := handle.read(storage.BLOCK_SIZE):
             digest.update(block)
     return digest.hexdigest()
 

@@ -40,7 +40,7 @@ class RunDirectory:
         self.local = (
             Path(tempfile.mkdtemp(prefix=f"captioning-run-{role.name}-"))
             if self.scratch
-            else Path(uri)
+            else Path(storage.local_path(uri))
         )
         self.local.mkdir(parents=True, exist_ok=True)
         self._uploaded: dict[str, float] = {}
@@ -58,7 +58,7 @@ class RunDirectory:
     def checkpoint_dir(self) -> Path:
         """Read by every process; written by the chief only."""
         if not self.remote and not self.role.is_chief:
-            return Path(self.uri) / CHECKPOINT  # a local run shares the chief's
+            return Path(storage.local_path(self.uri)) / CHECKPOINT  # a local run shares the chief's
         return self.local / CHECKPOINT
 
     def sync(self) -> None:
