@@ -14,10 +14,10 @@ import time
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipelines.caption_model_handler import CaptionModelHandler, inference_error
-from pipelines.error_rows import FailedBatchesToErrorRows, counted_error_row
+from pipelines.error_rows import counted_error_row
+from pipelines.keyed_inference import run_keyed_inference
 from pipelines.metrics import IMAGES_CAPTIONED, NAMESPACE
 
 log = logging.getLogger("captioning.pipeline")
@@ -73,16 +73,9 @@ class CaptionImages(beam.PTransform):
         self.handler = handler
 
     def expand(self, decoded):
-        predictions, failed = (
-            decoded
-            | "RunInference"
-            >> RunInference(KeyedModelHandler(self.handler)).with_exception_handling()
-        )
+        predictions, failed_batches = run_keyed_inference(decoded, self.handler)
         rows = predictions | "CaptionRows" >> beam.ParDo(ToCaptionRow()).with_outputs(
             ERRORS, main="captions"
-        )
-        failed_batches = failed.failed_inferences | "InferenceErrorRows" >> beam.ParDo(
-            FailedBatchesToErrorRows()
         )
         errors = (rows[ERRORS], failed_batches) | "InferenceErrors" >> beam.Flatten()
         return {"captions": rows.captions, "errors": errors}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from pipelines.error_rows import FailedBatchesToErrorRows
 from pipelines.feature_model_handler import FeatureModelHandler
+from pipelines.keyed_inference import run_keyed_inference
 from pipelines.metrics import NAMESPACE
 
 IMAGES_ENCODED = "images_encoded"
@@ -27,13 +26,6 @@ class EncodeImages(beam.PTransform):
         self.handler = handler
 
     def expand(self, decoded):
-        predictions, failed = (
-            decoded
-            | "RunInference"
-            >> RunInference(KeyedModelHandler(self.handler)).with_exception_handling()
-        )
+        predictions, errors = run_keyed_inference(decoded, self.handler)
         features = predictions | "TakeFeatures" >> beam.Map(_count_encoded)
-        errors = failed.failed_inferences | "InferenceErrorRows" >> beam.ParDo(
-            FailedBatchesToErrorRows()
-        )
         return {"features": features, "errors": errors}
