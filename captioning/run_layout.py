@@ -28,6 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from captioning.errors import UserError
+from captioning.storage import join
 from captioning.storage.schemes import is_remote, local_path
 
 CAPTIONS_TABLE = "captions"
@@ -78,11 +79,6 @@ def output_folder(output: str, holds: str) -> str:
     if path.exists() and not path.is_dir():
         raise UserError(f"--output {output} is a file; it names a folder that holds {holds}")
     return str(path)
-
-
-def join(folder: str, *names: str) -> str:
-    """``folder/name/...`` for local paths and ``gs://`` alike."""
-    return "/".join([folder.rstrip("/"), *names])
 
 
 # === Caption runs ===

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     DebugOptions,
     GoogleCloudOptions,
@@ -35,7 +34,7 @@ from apache_beam.options.pipeline_options import (
     TestOptions,
 )
 
-from captioning import run_layout, tables
+from captioning import run_layout, storage, tables
 from captioning.config import CaptionerConfig, captioner_config_from_dict
 from captioning.errors import CommitConflictError, ErrorRateAlert, UserError
 from captioning.sources.uris import UnsupportedUriError, is_local, normalize
@@ -90,8 +89,7 @@ class CaptionJob:
 
 def _bundle_config(model: str) -> dict[str, Any]:
     try:
-        with FileSystems.open(FileSystems.join(model, "captioner_config.json")) as handle:
-            return json.loads(handle.read())
+        return json.loads(storage.read_bytes(storage.join(model, "captioner_config.json")))
     except Exception as error:  # noqa: BLE001 - any failure means "not a usable bundle"
         raise UserError(f"--model {model} is not a readable model bundle ({error})") from None
 
@@ -191,7 +189,7 @@ def resolve_job(
     alone: the job description then shows the steps a nightly run has."""
     _check_options(options)
     manifest = options.input_manifest
-    if manifest and (is_local(manifest) or not offline) and not FileSystems.exists(manifest):
+    if manifest and (is_local(manifest) or not offline) and not storage.exists(manifest):
         raise UserError(f"--input-manifest {options.input_manifest} does not exist")
     output = run_layout.output_folder(options.output, "the tables")
     options.output = output
@@ -398,8 +396,7 @@ def _dry_run(job: CaptionJob, options: PipelineOptions, gpu_defaults: dict) -> d
     path = job.options.job_spec_out
     if not path:
         return spec
-    with FileSystems.create(path, mime_type="application/json") as handle:
-        handle.write(json.dumps(spec, indent=2, default=str).encode())
+    storage.write_bytes(path, json.dumps(spec, indent=2, default=str).encode(), "application/json")
     return {
         "dry_run": True,
         "job_spec": path,

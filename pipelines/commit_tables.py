@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from captioning import run_layout, tables
-from captioning.sources.uris import is_local
+from captioning import run_layout, storage, tables
+from pipelines.launcher import remove_beam_temp
 from pipelines.metrics import COMMIT_MILLISECONDS, NAMESPACE
 
 log = logging.getLogger("captioning.pipeline")
@@ -90,7 +87,7 @@ def describe_files(table: str, paths: list[str]) -> list[tables.DataFile]:
     files = []
     folder = table.rstrip("/") + "/"
     for path in sorted(p for p in paths if p.startswith(folder)):
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
+        with storage.open_binary(path) as handle:
             # The size from the open handle: no listing call per file on an object store.
             size = handle.seek(0, os.SEEK_END)
             metadata = pq.ParquetFile(handle).metadata
@@ -98,36 +95,12 @@ def describe_files(table: str, paths: list[str]) -> list[tables.DataFile]:
     return files
 
 
-def _remove_temp_folders(table: str, run_id: str, retention_hours: int) -> None:
-    """Beam's ``beam-temp-*`` folders: this run's, if its writer left one behind, and those
-    of killed runs once they are older than the retention (a slower run may still be
-    writing into a newer one)."""
-    marker = f"beam-temp-{run_layout.DATA_FILE_PREFIX}-"
-    newest: dict[str, float] = {}
-    if is_local(table):  # local folders exist (and stay) even when empty
-        for folder in Path(table).glob(marker + "*"):
-            newest[f"{folder}/"] = folder.stat().st_mtime
-    for file in FileSystems.match([run_layout.join(table, marker + "*", "*")])[0].metadata_list:
-        head, tail = file.path.split("/" + marker, 1)
-        folder = f"{head}/{marker}{tail.split('/')[0]}/"
-        newest[folder] = max(newest.get(folder, 0.0), file.last_updated_in_seconds)
-    cutoff = time.time() - retention_hours * 3600
-    stale = [
-        path for path, updated in newest.items() if f"{marker}{run_id}-" in path or updated < cutoff
-    ]
-    for folder in sorted(stale):
-        if is_local(folder):
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            FileSystems.delete([folder])
-
-
 def _tidy(tables_written, committed: list[str], plan: CommitPlan) -> None:
     """After the commit, best effort: a failure here must not fail a committed run."""
     try:
         _remove_uncommitted(tables_written, committed)
         for table, _ in tables_written:
-            _remove_temp_folders(table, plan.run_id, plan.retention_hours)
+            remove_beam_temp(table, plan.run_id, plan.retention_hours)
             tables.vacuum(table, plan.retention_hours)
     except Exception as error:  # noqa: BLE001 - the next run's vacuum tries again
         log.warning("tidying the tables after the commit failed (%s); the next run retries", error)
@@ -220,6 +193,5 @@ def _remove_uncommitted(
 ) -> None:
     """This run's files that no version holds (empty ones, held-back captions)."""
     paths = {run_layout.join(table, f.path) for table, files in written for f in files}
-    stale = sorted(paths - set(committed))
-    if stale:
-        FileSystems.delete(stale)
+    for path in sorted(paths - set(committed)):
+        storage.delete(path)

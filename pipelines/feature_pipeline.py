@@ -29,7 +29,6 @@ import dataclasses
 import io
 import json
 import logging
-import shutil
 import sys
 import tempfile
 import time
@@ -40,10 +39,9 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from captioning import run_layout, tables
+from captioning import run_layout, storage, tables
 from captioning.config import CaptionerConfig
 from captioning.data.formats import read_captions
 from captioning.errors import UserError
@@ -57,7 +55,7 @@ from pipelines.commit_tables import describe_files, hold_for_test
 from pipelines.decode_images import DecodeImages
 from pipelines.feature_images import EncodeImages
 from pipelines.feature_model_handler import FeatureModelHandler
-from pipelines.launcher import BEAM_TEMP, RUN_ID, new_run_id, write_whole
+from pipelines.launcher import RUN_ID, new_run_id, remove_beam_temp, write_whole
 from pipelines.list_inputs import ListInputs
 from pipelines.options import CaptionOptions, FeatureOptions
 from pipelines.read_images import ReadImages
@@ -161,17 +159,10 @@ def _committed_run_id(output: str) -> str | None:
     """The run the current spec names (its files are replaced by this run's), if any."""
     path = run_layout.feature_spec_path(output)
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            run_id = json.loads(handle.read()).get("run_id")
+        run_id = json.loads(storage.read_bytes(path)).get("run_id")
     except Exception:  # noqa: BLE001 - no spec, or not one: nothing to replace
         return None
     return run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
-
-
-def _copy(local: str, destination: str) -> None:
-    with open(local, "rb") as reader, FileSystems.create(destination) as writer:
-        while block := reader.read(1 << 22):
-            writer.write(block)
 
 
 def prepare_outputs(job: FeatureJob) -> FeatureSpec:
@@ -184,17 +175,15 @@ def prepare_outputs(job: FeatureJob) -> FeatureSpec:
     except Exception as error:  # noqa: BLE001 - e.g. no internet for "imagenet"
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(f"cannot build the backbone with weights {weights}: {first_line}") from None
-    if is_local(job.output):
-        Path(job.output, run_layout.SHARDS_FOLDER).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as local:
         saved = str(Path(local) / "backbone.weights.h5")
         encoder.backbone.save_weights(saved)
         sha256 = file_sha256(saved)
         # The run's own file: the committed run's backbone stays as it is until this
         # run commits.
-        _copy(saved, run_layout.backbone_path(job.output, job.run_id))
-    with FileSystems.create(job.manifest, mime_type="text/plain") as handle:
-        handle.write("".join(image_uri(job.images, name) + "\n" for name in job.names).encode())
+        storage.copy_file(saved, run_layout.backbone_path(job.output, job.run_id))
+    listing = "".join(image_uri(job.images, name) + "\n" for name in job.names)
+    storage.write_bytes(job.manifest, listing.encode(), content_type="text/plain")
     return FeatureSpec(
         run_id=job.run_id,
         captions=job.captions,
@@ -240,10 +229,6 @@ def build_pipeline(pipeline: beam.Pipeline, job: FeatureJob) -> None:
     _ = errors | "WriteErrors" >> WriteErrors(job.output, job.run_id)
 
 
-def _matched(pattern: str) -> list[str]:
-    return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
-
-
 @dataclass
 class Written:
     """The files the finished pipeline wrote for this run, found by the run's own id."""
@@ -261,18 +246,14 @@ def collect_written(job: FeatureJob) -> Written:
     def relative(path: str) -> str:
         return path[len(folder) :] if path.startswith(folder) else path
 
-    shards = _matched(run_layout.shards_glob(job.output, job.run_id))
-    index = _matched(run_layout.index_glob(job.output, job.run_id))
-    features = 0
-    for path in index:
-        with FileSystems.open(path) as handle:
-            features += sum(1 for line in handle.read().splitlines() if line)
+    shards = storage.glob(run_layout.shards_glob(job.output, job.run_id))
+    index = storage.glob(run_layout.index_glob(job.output, job.run_id))
+    features = sum(1 for path in index for line in storage.read_bytes(path).splitlines() if line)
     table = run_layout.errors_table(job.output)
-    error_paths = _matched(run_layout.data_file_prefix(table, job.run_id) + "-*.parquet")
+    error_paths = storage.glob(run_layout.data_file_prefix(table, job.run_id) + "-*.parquet")
     stages: Counter = Counter()
     for path in error_paths:
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            rows = pq.read_table(io.BytesIO(handle.read()), columns=["stage"])
+        rows = pq.read_table(io.BytesIO(storage.read_bytes(path)), columns=["stage"])
         stages.update(rows.column("stage").to_pylist())
     counts = {
         "inputs": len(job.names),
@@ -329,38 +310,30 @@ def remove_stale_runs(
     output: str, run_id: str, replaced: str | None, retention_hours: int
 ) -> list[str]:
     """After ``run_id`` committed: delete the files of the run it replaced, this run's own
-    leftovers (input list, Beam temporary files), and the files of runs that never
+    leftovers (input list, Beam temporary folders), and the files of runs that never
     committed once they are older than the retention (a younger one may be a run still
     writing). Returns the deleted paths."""
     cutoff = time.time() - retention_hours * 3600
     shards = run_layout.join(output, run_layout.SHARDS_FOLDER)
-    errors = run_layout.errors_table(output)
 
-    def stale(path: str, updated: float) -> bool:
-        run = _run_of(output, path)
+    def stale(file: storage.FileInfo) -> bool:
+        run = _run_of(output, file.path)
         if run is None:  # not a features run's file: not ours to delete
             return False
         if run == run_id:
-            return BEAM_TEMP in path or path == inputs_path(output, run_id)
-        return run == replaced or updated < cutoff
+            return file.path == inputs_path(output, run_id)
+        return run == replaced or file.updated < cutoff
 
-    patterns = [
-        run_layout.join(shards, "*"),
-        run_layout.join(shards, BEAM_TEMP + "*", "*"),
-        run_layout.join(errors, BEAM_TEMP + "*", "*"),
-        run_layout.backbone_path(output, "*"),
+    files = [
+        *storage.match(run_layout.join(shards, "*")),
+        *storage.match(run_layout.backbone_path(output, "*")),
     ]
-    files = [m for result in FileSystems.match(patterns) for m in result.metadata_list]
-    deleted = sorted({m.path for m in files if stale(m.path, m.last_updated_in_seconds)})
-    folders = []  # local folders stay, even when Beam emptied them
-    if is_local(output):  # judged before their files go, which makes them look new
-        temp = [*Path(shards).glob(BEAM_TEMP + "*"), *Path(errors).glob(BEAM_TEMP + "*")]
-        folders = [str(f) for f in temp if f.is_dir() and stale(str(f), f.stat().st_mtime)]
-    if deleted:
-        FileSystems.delete(deleted)
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
-    return deleted + folders
+    deleted = sorted(file.path for file in files if stale(file))
+    for path in deleted:
+        storage.delete(path)
+    for folder in (shards, run_layout.errors_table(output)):
+        deleted += remove_beam_temp(folder, run_id, retention_hours, replaced)
+    return deleted
 
 
 def _tidy(job: FeatureJob, written: Written, replaced: str | None) -> None:
@@ -368,8 +341,8 @@ def _tidy(job: FeatureJob, written: Written, replaced: str | None) -> None:
     try:
         empty = [f.path for f in written.errors if not f.rows]  # not committed
         table = run_layout.errors_table(job.output)
-        if empty:
-            FileSystems.delete([run_layout.join(table, path) for path in empty])
+        for path in empty:
+            storage.delete(run_layout.join(table, path))
         removed = remove_stale_runs(job.output, job.run_id, replaced, job.retention_hours)
         if removed:
             log.info("removed %d files of earlier runs", len(removed))
@@ -387,7 +360,8 @@ def _discard(job: FeatureJob, written: Written) -> None:
     paths += [run_layout.join(table, file.path) for file in written.errors]
     paths.append(run_layout.backbone_path(job.output, job.run_id))
     try:
-        FileSystems.delete(paths)
+        for path in paths:
+            storage.delete(path)
         remove_stale_runs(job.output, job.run_id, None, job.retention_hours)
     except Exception as error:  # noqa: BLE001 - a later run's clean-up removes them
         log.warning("could not remove the files of run %s (%s)", job.run_id, error)

@@ -10,14 +10,13 @@ import json
 import os
 import re
 import tempfile
+import time
 import uuid
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from captioning import run_layout
-from captioning.sources.uris import is_local
+from captioning import run_layout, storage
 from pipelines import metrics as names
 
 # "<UTC stamp>-<6 hex>": sorts by start time; every file a run writes carries it.
@@ -89,10 +88,10 @@ def write_whole(path: str, data: bytes, mime_type: str = "application/json") -> 
     """Write ``path`` whole or not at all, so a reader (or a kill) never meets half of it:
     locally a temporary file beside it, synced and renamed over it (``os.replace`` is
     atomic on one filesystem); on an object store one object write, visible whole."""
-    if not is_local(path):
-        with FileSystems.create(path, mime_type=mime_type) as handle:
-            handle.write(data)
+    if storage.is_remote(path):
+        storage.write_bytes(path, data, content_type=mime_type)
         return
+    path = storage.local_path(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, delete=False, suffix=".tmp") as handle:
@@ -111,3 +110,24 @@ def write_summary(summary: dict[str, Any], output: str) -> str:
     path = run_layout.summary_path(output)
     write_whole(path, json.dumps(summary, indent=2).encode())
     return path
+
+
+def remove_beam_temp(
+    folder: str, run_id: str, retention_hours: float, replaced: str | None = None
+) -> list[str]:
+    """Remove Beam's ``beam-temp-*`` folders directly in ``folder`` that a run left
+    behind: this run's (``run_id``) and the run it replaced, at once; those of runs that
+    were killed, once nothing in them changed for ``retention_hours`` (a younger one may
+    be a slower run still writing). Returns what was removed: each folder's files, then
+    the folder. A folder whose name carries no run id is not ours and stays."""
+    cutoff = time.time() - retention_hours * 3600
+    removed: list[str] = []
+    for temp in storage.folders(storage.join(folder, BEAM_TEMP + "*")):
+        run = RUN_ID.search(temp.rsplit("/", 1)[-1])
+        if run is None:
+            continue
+        if run.group(0) not in (run_id, replaced) and (storage.newest_change(temp) or 0) >= cutoff:
+            continue
+        removed += [*storage.glob(storage.join(temp, "**")), temp]
+        storage.remove_tree(temp)
+    return removed

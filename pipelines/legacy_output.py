@@ -13,9 +13,8 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
-from captioning import run_layout, tables
+from captioning import run_layout, storage, tables
 
 log = logging.getLogger("captioning.pipeline")
 
@@ -24,7 +23,7 @@ IMPORT_APP_ID = "captioning-import-legacy-prefix"
 
 def legacy_caption_files(output: str) -> list[str]:
     pattern = run_layout.legacy_patterns(output)["captions"]
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    return storage.glob(pattern)
 
 
 def _latest_per_uri(rows: pa.Table) -> pa.Table:
@@ -50,8 +49,7 @@ def import_legacy_captions(output: str, start_version: int) -> int:
         return 0
     parts = []
     for path in files:
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            parts.append(pq.read_table(io.BytesIO(handle.read())))
+        parts.append(pq.read_table(io.BytesIO(storage.read_bytes(path))))
     rows = pa.concat_tables(parts).cast(run_layout.CAPTIONS_SCHEMA)
     rows = _latest_per_uri(rows)
     tables.append_rows(table, rows, IMPORT_APP_ID)

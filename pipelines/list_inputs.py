@@ -2,8 +2,9 @@
 
 Every URI is normalised once, here (``captioning.sources.uris``): ``file://`` and
 relative paths become absolute paths, so one file has one row whichever way it was
-named. Globs are matched with Beam's ``FileSystems`` (``*`` stays inside a folder,
-``**`` crosses folders), local ones and ``gs://`` alike; brace ranges
+named. Globs are matched by ``captioning.storage.glob``, the one glob of the project
+(``*`` stays inside a folder, ``**`` crosses folders), local ones and ``gs://`` alike;
+brace ranges
 (``shards-{000..099}.tar``) are expanded first. ``http(s)://`` URLs are inputs as
 they stand. WebDataset shards (``.tar``) come out apart from the images, because
 one shard holds many inputs.
@@ -15,13 +16,12 @@ a bad manifest line.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
+from captioning import storage
 from captioning.sources import uris as uri_kinds
 from captioning.sources.tar_shards import expand_braces, is_shard
 from pipelines.error_rows import counted_error_row
@@ -31,23 +31,11 @@ ERRORS = "errors"
 SHARDS = "shards"
 
 
-def _local_folders(pattern: str) -> list[str]:
-    """Folders a local glob matches. Beam's match lists files only, so a folder named
-    like an image would vanish with no row. ``**`` is how one asks to walk folders, so
-    the folders it passes through are not inputs."""
-    if "**" in pattern or not glob.has_magic(pattern):
-        return []
-    return sorted(path for path in glob.glob(pattern) if os.path.isdir(path))
-
-
 def match_pattern(pattern: str, limit: int | None = None) -> list[str]:
     """Files a glob matches (one URL for an http(s) URL); raises what the match raises."""
     if uri_kinds.is_web(pattern):
         return [pattern]
-    limits = None if limit is None else [limit]
-    matched = FileSystems.match([pattern], limits=limits)[0].metadata_list
-    # gs:// "folders" made by the console are empty objects named ".../": not inputs.
-    return [m.path for m in matched if not m.path.endswith("/")]
+    return storage.glob(pattern, limit)
 
 
 class ExpandPatterns(beam.DoFn):
@@ -55,7 +43,9 @@ class ExpandPatterns(beam.DoFn):
     matches, -> an error row."""
 
     def process(self, pattern: str):
-        folders = _local_folders(pattern) if uri_kinds.is_local(pattern) else []
+        # A glob lists files only, so a folder named like an image would vanish with no
+        # row. ``**`` is how one asks to walk folders: those it passes are not inputs.
+        folders = storage.folders(pattern) if uri_kinds.is_local(pattern) else []
         for folder in folders:
             message = f"{folder} is a folder, not an image (a glob ending in /** reads inside)"
             yield beam.pvalue.TaggedOutput(

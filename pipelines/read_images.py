@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from captioning import storage
 from captioning.sources import uris as uri_kinds
 from captioning.sources.http_fetch import HttpFetcher, HttpSettings
 from captioning.sources.read_limits import read_limited, read_local_file, refuse_special_file
@@ -71,7 +71,7 @@ class ReadStored(beam.DoFn):
         if uri_kinds.is_local(uri):
             data = read_local_file(uri, limit, timeout)
         else:
-            with FileSystems.open(uri, compression_type="uncompressed") as handle:
+            with storage.open_binary(uri) as handle:
                 data = read_limited(handle, uri, limit, timeout)
         Metrics.counter(NAMESPACE, IMAGES_READ).inc()
         yield uri, data
@@ -140,7 +140,7 @@ class ReadShardMembers(beam.DoFn):
             if uri_kinds.is_local(shard):
                 # A FIFO or device named like a shard is refused before it is opened.
                 refuse_special_file(shard)
-            handle = FileSystems.open(shard, compression_type="uncompressed")
+            handle = storage.open_binary(shard)
         except Exception as error:  # noqa: BLE001 - an unreadable shard is an error row
             error_type = getattr(error, "error_type", None) or type(error).__name__
             yield _read_failed(shard, error_type, str(error))

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from captioning import storage
 from captioning.errors import UserError
 from pipelines.error_rows import counted_error_row
 from pipelines.metrics import MANIFEST_BLANK_LINES, NAMESPACE
@@ -52,7 +52,7 @@ def manifest_kind(path: str) -> str:
 @contextlib.contextmanager
 def _open_text(path: str) -> Iterator[io.TextIOWrapper]:
     """The manifest as text, gunzipped when its name ends in .gz (as ReadFromText does)."""
-    with FileSystems.open(path, compression_type="uncompressed") as raw:
+    with storage.open_binary(path) as raw:
         stream = gzip.GzipFile(fileobj=raw) if path.lower().endswith(".gz") else raw
         yield io.TextIOWrapper(stream, encoding="utf-8", errors="replace")
 
@@ -79,7 +79,7 @@ def check_manifest(path: str, column: str = URI_COLUMN) -> None:
     if kind in _DELIMITERS:
         column_position(path, column)
     elif kind == "parquet":
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
+        with storage.open_binary(path) as handle:
             names = pq.ParquetFile(handle).schema_arrow.names
         if column not in names:
             raise UserError(
@@ -92,7 +92,7 @@ def manifest_lists_anything(path: str) -> bool:
     """Whether a manifest has at least one non-blank entry (reads only that far)."""
     kind = manifest_kind(path)
     if kind == "parquet":
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
+        with storage.open_binary(path) as handle:
             return pq.ParquetFile(handle).metadata.num_rows > 0
     with _open_text(path) as lines:
         if kind in _DELIMITERS:

@@ -11,15 +11,14 @@ on has features without reading the shards themselves.
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
-from captioning import run_layout
+from captioning import run_layout, storage
 from captioning.training.feature_spec import feature_record, image_name
 
 
 def image_uri(images: str, name: str) -> str:
     """Where the image ``name`` of the captions file lives (inverse: ``image_name``)."""
-    return FileSystems.join(images.rstrip("/"), name)
+    return storage.join(images, name)
 
 
 class WriteFeatures(beam.PTransform):

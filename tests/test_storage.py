@@ -8,6 +8,7 @@ directions, and folder transfers through the client's transfer manager.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,75 @@ def test_a_relative_pattern_is_spelled_as_given(local_tree, monkeypatch):
     assert storage.glob("*.txt") == ["c.txt"]
     assert storage.glob("sub/*.jpg") == ["sub/a.jpg", "sub/b.jpg"]
     assert storage.glob("./sub/deep/*.jpg") == ["./sub/deep/a.jpg", "./sub/deep/c.jpg"]
+
+
+def test_match_gives_sizes_and_times_and_stops_at_a_limit(local_tree, gcs_tree):
+    for root in (str(local_tree), gcs_tree):
+        found = storage.match(f"{root}/sub/**")
+        assert [f.path for f in found] == storage.glob(f"{root}/sub/**")
+        # Each file holds its own name, so its size is the length of the name.
+        assert [f.size for f in found] == [
+            len(p) for p in _relative(root, storage.glob(f"{root}/sub/**"))
+        ]
+        assert all(abs(f.updated - time.time()) < 3600 for f in found)
+        first_two = storage.glob(f"{root}/**.jpg", limit=2)
+        assert len(first_two) == 2 and set(first_two) <= set(storage.glob(f"{root}/**.jpg"))
+
+
+def test_a_console_folder_placeholder_is_not_a_file(gcs, gcs_tree):
+    gcs.blob("tree/sub/").upload_from_string(b"")  # what "create folder" makes
+    try:
+        assert f"{gcs_tree}/sub/" not in storage.glob(f"{gcs_tree}/**")
+        assert _relative(gcs_tree, storage.glob(f"{gcs_tree}/sub/*")) == ["sub/a.jpg", "sub/b.jpg"]
+    finally:
+        gcs.blob("tree/sub/").delete()
+
+
+def test_a_fifo_is_listed_for_its_reader_to_refuse(tmp_path):
+    # As Beam's match does: the reader says "not a file", rather than the glob "nothing".
+    os.mkfifo(tmp_path / "pipe.jpg")
+    assert storage.glob(str(tmp_path / "pipe.jpg")) == [str(tmp_path / "pipe.jpg")]
+    assert storage.glob(str(tmp_path / "*.jpg")) == [str(tmp_path / "pipe.jpg")]
+    assert not storage.exists(tmp_path / "pipe.jpg")  # but it is no file to read
+
+
+def test_folders_a_pattern_matches(local_tree, gcs_tree):
+    (local_tree / "empty").mkdir(exist_ok=True)
+    assert _relative(str(local_tree), storage.folders(f"{local_tree}/*")) == [
+        "empty",
+        "other",
+        "sub",
+    ]
+    # A bucket has no empty folders: a folder is the objects under it.
+    assert _relative(gcs_tree, storage.folders(f"{gcs_tree}/*")) == ["other", "sub"]
+    for root in (str(local_tree), gcs_tree):
+        assert _relative(root, storage.folders(f"{root}/s?b/d*")) == ["sub/deep"]
+        assert storage.folders(f"{root}/*.jpg") == []  # files are not folders
+        assert storage.folders(f"{root}/**") == []  # ** walks folders; it names none
+
+
+def test_a_folder_is_timed_by_its_newest_change_and_removed_whole(place):
+    folder = storage.join(place, "run")
+    assert storage.newest_change(folder) is None
+    old = time.time() - 10 * 3600
+    for name in ("a.bin", "deep/b.bin"):
+        storage.write_bytes(storage.join(folder, name), b"x")
+    if storage.is_local(place):
+        for path in Path(storage.local_path(folder)).rglob("*"):
+            os.utime(path, (old, old))
+        os.utime(storage.local_path(folder), (old, old))
+        assert abs(storage.newest_change(folder) - old) < 1
+        storage.write_bytes(storage.join(folder, "deep/c.bin"), b"new")
+    newest = storage.newest_change(folder)
+    assert abs(newest - time.time()) < 600
+    storage.remove_tree(folder)
+    storage.remove_tree(folder)  # already gone: not an error
+    assert storage.newest_change(folder) is None
+    assert storage.glob(storage.join(folder, "**")) == []
+
+
+def test_one_client_per_process(gcs):
+    assert gcs_client.client() is gcs_client.client()
 
 
 # --- one file ---------------------------------------------------------------------------

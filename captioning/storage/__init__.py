@@ -8,8 +8,10 @@ local emulator), local paths by the standard library; any other scheme is refuse
 
 - ``is_local`` / ``is_remote`` / ``scheme`` / ``local_path``: THE test of what a path
   names (``captioning.storage.schemes``).
-- ``glob``: one pattern syntax everywhere, Beam's (``captioning.storage.globbing``).
+- ``glob`` / ``match`` (with sizes and times) / ``folders``: one pattern syntax
+  everywhere, Beam's (``captioning.storage.globbing``).
 - ``exists``, ``read_bytes``, ``write_bytes``, ``open_binary``, ``delete``: one file.
+- ``newest_change``, ``remove_tree``: a folder (the clean-up of runs that never ended).
 - ``copy_file``: THE copy, any of local/``gs://`` to any of local/``gs://``.
 - ``upload_tree``, ``download_tree``, ``download_file``: folders (bundles, training
   runs), in parallel through the client's transfer manager.
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from captioning.storage import gcs
-from captioning.storage.globbing import glob
+from captioning.storage.globbing import FileInfo, glob, local_folders, match
 from captioning.storage.schemes import (
     UnsupportedStorageError,
     check_supported,
@@ -36,19 +38,24 @@ from captioning.storage.schemes import (
 
 __all__ = [
     "BLOCK_SIZE",
+    "FileInfo",
     "UnsupportedStorageError",
     "copy_file",
     "delete",
     "download_file",
     "download_tree",
     "exists",
+    "folders",
     "glob",
     "is_local",
     "is_remote",
     "join",
     "local_path",
+    "match",
+    "newest_change",
     "open_binary",
     "read_bytes",
+    "remove_tree",
     "scheme",
     "upload_tree",
     "write_bytes",
@@ -106,6 +113,37 @@ def delete(path: PathLike) -> None:
         gcs.delete(os.fspath(path))
     else:
         local.unlink(missing_ok=True)
+
+
+def folders(pattern: str) -> list[str]:
+    """Folders ``pattern`` matches (its wildcards within one segment: no ``**``), sorted.
+    Local folders count even when empty; on ``gs://`` a folder is the objects under it,
+    all of which are listed, so this is for small trees (Beam's temporary folders)."""
+    if "**" in pattern:  # how one asks to walk through folders: it names none
+        return []
+    if _local(pattern) is not None:
+        return local_folders(pattern)
+    depth = pattern.rstrip("/").count("/") + 1
+    return sorted({"/".join(f.path.split("/")[:depth]) for f in match(join(pattern, "**"))})
+
+
+def newest_change(folder: PathLike) -> float | None:
+    """The latest modification time (epoch seconds) of ``folder`` or anything in it;
+    None when nothing is there."""
+    local = _local(folder)
+    times = [info.updated for info in match(join(folder, "**"))]
+    if local is not None:  # local folders change too (and may be empty)
+        times += [Path(path).stat().st_mtime for path, _, _ in os.walk(local)]
+    return max(times, default=None)
+
+
+def remove_tree(folder: PathLike) -> None:
+    """Remove ``folder`` and everything in it; one that is not there is not an error."""
+    local = _local(folder)
+    if local is None:
+        gcs.delete_tree(os.fspath(folder))
+    else:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def copy_file(source: PathLike, destination: PathLike) -> None:

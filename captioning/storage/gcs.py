@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 PREFIX = "gs://"
 # Parallel transfers of a folder (the transfer manager's default).
@@ -28,12 +29,25 @@ def split(uri: str) -> tuple[str, str]:
     return bucket, name.strip("/")
 
 
+_clients: dict[tuple[int, str | None], Any] = {}
+_clients_lock = threading.Lock()
+
+
 def client():
+    """This process's client. Made once: making one looks up credentials (on a cloud
+    machine, a call to the metadata server), which a worker reading one object per image
+    must not pay per image. The client is shared by threads, as the transfer manager's
+    own threads share it. Keyed by pid (a forked child needs its own connections) and
+    by the emulator's address (the tests start one per session)."""
     from google.cloud import storage
 
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        return storage.Client.create_anonymous_client()
-    return storage.Client()
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    key = (os.getpid(), emulator)
+    with _clients_lock:
+        if key not in _clients:
+            made = storage.Client.create_anonymous_client() if emulator else storage.Client()
+            _clients[key] = made
+        return _clients[key]
 
 
 def _blob(uri: str):
@@ -97,11 +111,14 @@ def download_tree(uri: str, local: Path) -> int:
     return len(names)
 
 
-def list_uris(uri_prefix: str) -> Iterator[str]:
-    """Every object whose URI starts with ``uri_prefix`` (not only a folder's)."""
+def list_objects(uri_prefix: str) -> Iterator[tuple[str, int, float]]:
+    """(URI, size, last change in epoch seconds) of every object whose URI starts with
+    ``uri_prefix`` (not only a folder's), page by page as the caller reads on."""
     bucket_name, _, name_prefix = uri_prefix[len(PREFIX) :].partition("/")
-    for blob in client().list_blobs(bucket_name, prefix=name_prefix or None):
-        yield f"{PREFIX}{bucket_name}/{blob.name}"
+    blobs = client().list_blobs(bucket_name, prefix=name_prefix or None)
+    for blob in blobs:
+        updated = blob.updated.timestamp() if blob.updated is not None else 0.0
+        yield f"{PREFIX}{bucket_name}/{blob.name}", blob.size or 0, updated
 
 
 def exists(uri: str) -> bool:
@@ -141,6 +158,18 @@ def download_file(uri: str, local: str) -> None:
     except NotFound:
         Path(local).unlink(missing_ok=True)
         raise FileNotFoundError(uri) from None
+
+
+def delete_tree(uri: str) -> int:
+    """Remove every object under the folder ``uri``; returns how many there were."""
+    bucket_name, prefix = split(uri)
+    blobs = list(client().list_blobs(bucket_name, prefix=f"{prefix}/" if prefix else None))
+    from google.api_core.exceptions import NotFound
+
+    for blob in blobs:
+        with contextlib.suppress(NotFound):  # a concurrent clean-up got there first
+            blob.delete()
+    return len(blobs)
 
 
 def delete(uri: str) -> None:
